@@ -1,0 +1,186 @@
+"""Ratings -> Split: train / valid / test rows and the id maps, built from train only.
+
+Pure and deterministic by seed. Valid/test rows whose user or item never occurs in train are
+"cold": kept and scored by the fallback (global mean + the known bias), or dropped with
+`cold="drop"`; either way they are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.ingest import Ratings
+
+__all__ = ["STRATEGIES", "Interactions", "Split", "split"]
+
+STRATEGIES = ("random", "per_user", "temporal", "leave_last_k")
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Encoded rows: `users`, `items` int64 (N,) table rows (unknown ids -> the fallback row, equal
+    to n_users / n_items), `ratings` float32 (N,). All three on one device."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ratings.shape[0]
+
+    def to(self, device: torch.device | str) -> Interactions:
+        """A copy on `device`; itself when already there (so data moves once per process)."""
+        device = torch.device(device)
+        if self.ratings.device == device or (device.index is None and self.ratings.device.type == device.type):
+            return self
+        return Interactions(*(t.to(device) for t in (self.users, self.items, self.ratings)))
+
+    @staticmethod
+    def concat(*parts: Interactions) -> Interactions:
+        return Interactions(*(torch.cat(ts) for ts in zip(*((p.users, p.items, p.ratings) for p in parts))))
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Row positions into `ratings.frame` for each part, and the train-only id maps.
+
+    `user_ids` / `item_ids`: sorted raw ids seen in train; table row r holds id `user_ids[r]`.
+    `cold`: per part, the rows whose user or item is unseen in train (kept or dropped, per policy).
+    """
+
+    ratings: Ratings
+    train_rows: np.ndarray
+    valid_rows: np.ndarray
+    test_rows: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    settings: dict
+    cold: dict
+    fingerprint: str
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def part(self, name: str) -> Interactions:
+        """`train`, `valid`, `test`, or `train+valid` (the refit's data), encoded, on the CPU."""
+        rows = np.concatenate([getattr(self, f"{p}_rows") for p in name.split("+")])
+        frame = self.ratings.frame
+        return Interactions(
+            torch.from_numpy(_encode(self.user_ids, frame["user_id"].to_numpy()[rows])),
+            torch.from_numpy(_encode(self.item_ids, frame["item_id"].to_numpy()[rows])),
+            torch.from_numpy(frame["rating"].to_numpy()[rows]),
+        )
+
+    def summary(self) -> dict:
+        return {"train": len(self.train_rows), "valid": len(self.valid_rows), "test": len(self.test_rows),
+                "users": self.n_users, "items": self.n_items, **{f"cold_{k}": v for k, v in self.cold.items()}}
+
+
+def _encode(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Raw ids -> rows of the sorted `known`; ids not in it -> len(known) (the fallback row)."""
+    rows = np.searchsorted(known, ids)
+    rows = np.minimum(rows, max(len(known) - 1, 0))
+    found = known[rows] == ids if len(known) else np.zeros(len(ids), dtype=bool)
+    return np.where(found, rows, len(known)).astype(np.int64)
+
+
+def split(
+    ratings: Ratings,
+    strategy: str = "random",
+    *,
+    test: float = 0.1,
+    valid: float = 0.1,
+    k: int = 1,
+    seed: int = 0,
+    cold: str = "keep",
+) -> Split:
+    """Split `ratings` into train / valid / test.
+
+    random: `test` and `valid` are fractions of all rows. per_user: the same fractions of each
+    user's rows, each user keeping at least one train row. temporal: one global time cut, the latest
+    `test` fraction is test and the `valid` fraction before it is valid. leave_last_k: each user's
+    last `k` rows are test and the `k` before them valid (users with too few rows stay in train).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"split strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    for key, value in (("test", test), ("valid", valid)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"split {key}={value}: expected a fraction in [0, 1)")
+    if test + valid >= 1.0:
+        raise ValueError(f"split test + valid = {test + valid:g}: expected < 1 so that train is not empty")
+    if cold not in ("keep", "drop"):
+        raise ValueError(f"split cold={cold!r}: expected 'keep' or 'drop'")
+    if strategy == "leave_last_k" and k < 1:
+        raise ValueError(f"split k={k}: expected k >= 1")
+
+    rng = np.random.default_rng(seed)
+    frame = ratings.frame
+    n = len(frame)
+    if strategy == "random":
+        order = rng.permutation(n)
+        n_test, n_valid = round(test * n), round(valid * n)
+        test_rows, valid_rows = order[:n_test], order[n_test : n_test + n_valid]
+    elif strategy == "temporal":
+        if frame["timestamp"].nunique() < 2:
+            raise ValueError(f"{ratings.name}: temporal split needs timestamps; all rows have the same one")
+        # Latest first; ties broken by the seeded shuffle so equal timestamps do not follow file order.
+        order = np.lexsort((rng.random(n), -frame["timestamp"].to_numpy()))
+        n_test, n_valid = round(test * n), round(valid * n)
+        test_rows, valid_rows = order[:n_test], order[n_test : n_test + n_valid]
+    else:
+        test_rows, valid_rows = _per_user(frame, strategy, test, valid, k, rng)
+
+    held = np.zeros(n, dtype=bool)
+    held[test_rows] = held[valid_rows] = True
+    train_rows = np.flatnonzero(~held)
+    user_ids = np.unique(frame["user_id"].to_numpy()[train_rows])
+    item_ids = np.unique(frame["item_id"].to_numpy()[train_rows])
+
+    counts, parts = {}, {"valid": np.sort(valid_rows), "test": np.sort(test_rows)}
+    for name, rows in parts.items():
+        unseen = (_encode(user_ids, frame["user_id"].to_numpy()[rows]) == len(user_ids)) | (
+            _encode(item_ids, frame["item_id"].to_numpy()[rows]) == len(item_ids))
+        counts[name] = int(unseen.sum())
+        if cold == "drop":
+            parts[name] = rows[~unseen]
+
+    settings = {"strategy": strategy, "test": test, "valid": valid, "seed": seed, "cold": cold}
+    if strategy == "leave_last_k":
+        settings["k"] = k
+    blob = json.dumps({"data": ratings.fingerprint, **settings}, sort_keys=True)
+    return Split(ratings=ratings, train_rows=train_rows, valid_rows=parts["valid"], test_rows=parts["test"],
+                 user_ids=user_ids, item_ids=item_ids, settings=settings, cold=counts,
+                 fingerprint=hashlib.sha256(blob.encode()).hexdigest())
+
+
+def _per_user(frame, strategy, test, valid, k, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out rows per user: ranked at random (per_user) or latest first (leave_last_k)."""
+    users = frame["user_id"].to_numpy()
+    _, group, size = np.unique(users, return_inverse=True, return_counts=True)
+    # Sort rows by user, then by the ranking key; a row's rank is its position within its user.
+    key = rng.random(len(frame)) if strategy == "per_user" else -frame["timestamp"].to_numpy() + rng.random(len(frame)) * 1e-3
+    order = np.lexsort((key, group))
+    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
+    rank = np.empty(len(frame), dtype=np.int64)
+    rank[order] = np.arange(len(frame)) - np.repeat(starts, size)
+    if strategy == "per_user":
+        n_test = np.minimum(np.round(test * size), size - 1)
+        n_valid = np.minimum(np.round(valid * size), size - 1 - n_test)
+    else:  # leave_last_k: only users who keep at least one train row after giving 2k
+        enough = size > 2 * k if valid > 0 else size > k
+        n_test = np.where(enough, k, 0)
+        n_valid = np.where(enough & (valid > 0), k, 0)
+    per_row_test, per_row_valid = n_test[group], n_valid[group]
+    test_rows = np.flatnonzero(rank < per_row_test)
+    valid_rows = np.flatnonzero((rank >= per_row_test) & (rank < per_row_test + per_row_valid))
+    return test_rows, valid_rows
