@@ -57,6 +57,8 @@ class TrainConfig:
     """Per-example L2 on the factors, λ(|p_u|² + |q_i|²)/2 for each training row (classic MF)."""
     l2_bias: float | None = None
     """Per-example L2 on the biases b_u, b_i; None: the same as l2."""
+    lr_decay: float = 1.0
+    """The learning rate is multiplied by this after every epoch (1: constant)."""
     momentum: float = 0.9
     """For sgd only."""
     epochs: int = 20
@@ -75,6 +77,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (self.l2 >= 0, "l2", ">= 0"),
             (self.l2_bias is None or self.l2_bias >= 0, "l2_bias", ">= 0 or None"),
+            (0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]"),
             (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
@@ -196,6 +199,10 @@ def _train(model, train, valid, config, generator, callback, result) -> None:
         l2 = (l2_users, l2_users[torch.tensor([*range(config.factors), -1, -2])])
     best_rmse, best_state, since_best = math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
+        lr = config.lr * config.lr_decay ** (epoch - 1)
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=U.device)
         perm = torch.randperm(n, device=U.device, generator=generator)
@@ -215,8 +222,8 @@ def _train(model, train, valid, config, generator, callback, result) -> None:
                     grad_u.addcmul_(pu, l2[0], value=scale)
                     grad_i.addcmul_(qi, l2[1], value=scale)
                 if sparse:
-                    U.index_add_(0, users, grad_u, alpha=-config.lr)
-                    V.index_add_(0, items, grad_i, alpha=-config.lr)
+                    U.index_add_(0, users, grad_u, alpha=-lr)
+                    V.index_add_(0, items, grad_i, alpha=-lr)
                 else:
                     U.grad.zero_().index_add_(0, users, grad_u)
                     V.grad.zero_().index_add_(0, items, grad_i)

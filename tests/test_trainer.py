@@ -1,0 +1,113 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from pipeline.evaluate import baselines, evaluate
+from pipeline.trainer import OPTIMIZERS, TrainConfig, TrainingDiverged, fit
+
+# Settings that learn the small synthetic problem in a few epochs, per optimizer.
+GOOD = {
+    "sgd": dict(lr=2.0, weight_decay=0.0, l2=0.02),
+    "adam": dict(lr=0.02, weight_decay=0.0, l2=0.02),
+    "adamw": dict(lr=0.02, weight_decay=0.01),
+    "rmsprop": dict(lr=0.005, weight_decay=0.0, l2=0.02),
+    "adagrad": dict(lr=0.2, weight_decay=0.0, l2=0.02),
+    "sparse_sgd": dict(lr=0.02, weight_decay=0.0, l2=0.02),
+}
+
+
+def _fit(split, config, **kw):
+    dims = dict(n_users=split.n_users, n_items=split.n_items, rating_scale=split.ratings.rating_scale)
+    return fit(split.part("train"), config, valid=split.part("valid"), device="cpu", **dims, **kw)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_learns_the_low_rank_structure(small_split, optimizer):
+    config = TrainConfig(factors=8, optimizer=optimizer, epochs=15, batch_size=256, init_std=0.1, **GOOD[optimizer])
+    result = _fit(small_split, config)
+    reference = baselines(small_split.part("train"), small_split.part("valid"), small_split.n_users,
+                          small_split.n_items, small_split.ratings.rating_scale)
+    assert result.best_valid_rmse < reference["biases_only"].rmse - 0.1
+    # the restored model is the best epoch's
+    assert evaluate(result.model, small_split.part("valid")).rmse == pytest.approx(result.best_valid_rmse, rel=1e-5)
+
+
+def test_recovers_the_truth_down_to_the_noise_floor(small_split):
+    config = TrainConfig(factors=8, optimizer="sparse_sgd", lr=0.02, weight_decay=0.0, l2=0.02, epochs=40,
+                         batch_size=128, init_std=0.1)
+    assert _fit(small_split, config).best_valid_rmse < 0.25 * 1.35  # noise std 0.25
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(small_split):
+    config = TrainConfig(factors=8, epochs=3)
+    a, b, c = _fit(small_split, config, seed=7), _fit(small_split, config, seed=7), _fit(small_split, config, seed=8)
+    assert [h[1:] for h in a.history] == [h[1:] for h in b.history]
+    assert torch.equal(a.model.users, b.model.users)
+    assert a.history[-1][1] != c.history[-1][1]
+
+
+def test_divergence_raises_at_its_epoch(small_split):
+    config = TrainConfig(optimizer="sgd", lr=1e6, weight_decay=0.0, epochs=5)
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1") as error:
+        _fit(small_split, config)
+    assert error.value.epoch == 1 and not math.isfinite(error.value.loss)
+
+
+def test_the_callback_sees_every_epoch_and_can_stop(small_split):
+    seen = []
+    result = _fit(small_split, TrainConfig(factors=4, epochs=10),
+                  callback=lambda e, loss, rmse: seen.append((e, loss, rmse)) or e == 3)
+    assert [s[0] for s in seen] == [1, 2, 3] and len(result.history) == 3 and result.stopped_early
+    assert all(math.isfinite(v) for s in seen for v in s[1:])
+
+
+def test_early_stopping_restores_the_best_epoch(small_split):
+    # Adam with no regularization overfits: valid RMSE turns up after a few epochs.
+    config = TrainConfig(factors=32, lr=0.05, weight_decay=0.0, epochs=40, patience=3, init_std=0.1)
+    result = _fit(small_split, config)
+    rmses = [h[2] for h in result.history]
+    assert result.stopped_early and len(rmses) == result.best_epoch + 3
+    assert result.best_valid_rmse == min(rmses)
+    assert evaluate(result.model, small_split.part("valid")).rmse == pytest.approx(min(rmses), rel=1e-5)
+
+
+def test_unknown_ids_fall_back_to_mean_plus_known_bias(small_split):
+    model = _fit(small_split, TrainConfig(factors=4, epochs=2)).model
+    unknown_user, unknown_item = torch.tensor([small_split.n_users]), torch.tensor([small_split.n_items])
+    item = torch.tensor([3])
+    expected = model.global_mean + model.item_bias[3]
+    assert model(unknown_user, item).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert model(unknown_user, unknown_item).item() == pytest.approx(model.global_mean.item())
+
+
+def test_predictions_are_clamped_to_the_rating_scale(small_split):
+    model = _fit(small_split, TrainConfig(factors=4, epochs=1)).model
+    with torch.no_grad():
+        model.users[0, 4] = 100.0  # a huge user bias
+    assert model.predict(torch.tensor([0]), torch.tensor([0])).item() == 5.0
+
+
+def test_the_global_thread_setting_is_restored(small_split):
+    before = torch.get_num_threads()
+    _fit(small_split, TrainConfig(factors=4, epochs=1), threads=1)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"optimizer": "lbfgs"}, "optimizer='lbfgs'"),
+    ({"lr": 0.0}, "lr=0.0"),
+    ({"factors": 0}, "factors=0"),
+    ({"optimizer": "sparse_sgd", "weight_decay": 0.1}, "weight_decay=0.1"),
+    ({"patience": 0}, "patience=0"),
+])
+def test_bad_configs_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TrainConfig(), **change)
+
+
+def test_trains_on_cuda(small_split, cuda):
+    result = fit(small_split.part("train"), TrainConfig(factors=8, epochs=2), valid=small_split.part("valid"),
+                 device=cuda, n_users=small_split.n_users, n_items=small_split.n_items, rating_scale=(1.0, 5.0))
+    assert result.model.users.device.type == "cuda" and math.isfinite(result.best_valid_rmse)
