@@ -101,6 +101,6 @@ class RawIdScorer(nn.Module):
         return torch.where(known[pos] == ids, pos, known.shape[0])
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        users = self._rows(self.user_ids, pairs[:, 0])
-        items = self._rows(self.item_ids, pairs[:, 1])
+        users = self._rows(self.user_ids, pairs[:, 0].contiguous())
+        items = self._rows(self.item_ids, pairs[:, 1].contiguous())
         return self.model.predict(users, items)

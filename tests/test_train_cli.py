@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from pipeline import ingest
+from pipeline.train import main
+
+
+@pytest.fixture
+def ratings_csv(tmp_path):
+    r = ingest.synthetic(200, 100, 6000, seed=2)
+    path = tmp_path / "ratings.csv"
+    r.frame.to_csv(path, index=False)
+    return path
+
+
+def test_json_output(ratings_csv, capsys):
+    assert main(["--dataset", str(ratings_csv), "--epochs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("valid_rmse", "test_rmse", "test_mae", "examples_per_second", "device", "epochs"):
+        assert key in out
+    assert out["epochs"] == 3 and out["device"] == "cpu" and out["test_rmse"] < 1.5
+
+
+def test_text_output_prints_each_epoch(ratings_csv, capsys):
+    assert main(["--dataset", str(ratings_csv), "--epochs", "2", "--refit"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1" in out and "epoch   2" in out and "test  rmse" in out and "examples/s" in out
+
+
+def test_defaults_are_the_seed_configuration():
+    from pipeline.train import parser
+    args = parser().parse_args([])
+    assert (args.factors, args.optimizer, args.lr, args.weight_decay, args.epochs, args.batch_size) == (
+        30, "adam", 0.002, 1e-5, 20, 512)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bogus"], "unrecognized arguments"),
+    (["--epochs", "0"], "expected an integer >= 1"),
+    (["--optimizer", "lbfgs"], "invalid choice"),
+    (["--lr", "-1", "--dataset", "synthetic"], "lr=-1.0"),
+    (["--dataset", "nowhere.csv"], "nowhere.csv: cannot read"),
+])
+def test_bad_flags_fail_with_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and message in err
+
+
+def test_divergence_is_reported(ratings_csv, capsys):
+    assert main(["--dataset", str(ratings_csv), "--optimizer", "sgd", "--lr", "1e7", "--epochs", "2"]) == 1
+    assert "diverged at epoch 1" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_the_seed_configuration_reaches_its_bar_on_ml100k(capsys):
+    assert main(["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test_rmse"] <= 0.93
+    assert out["baselines"]["biases_only"]["test_rmse"] > out["test_rmse"]
