@@ -1,0 +1,56 @@
+"""`python -m pipeline.predict`: one predicted rating from a logged or registered model.
+
+    python -m pipeline.predict --model models:/mf-movielens@champion --user 20 --item 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from pipeline.tracking import TrackingError, load_bundle
+
+__all__ = ["main"]
+
+
+def model_arguments(description: str, prog: str) -> argparse.ArgumentParser:
+    """The flags `predict` and `recommend` share."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--model", default="models:/mf-movielens@champion",
+                   help="a model URI: models:/<name>@<alias>, models:/<name>/<version>, runs:/...")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's)")
+    p.add_argument("--user", type=int, required=True, help="raw user id, as in the ratings file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = model_arguments(__doc__.splitlines()[0], "python -m pipeline.predict")
+    p.add_argument("--item", type=int, required=True, help="raw item id")
+    args = p.parse_args(argv)
+    try:
+        bundle = load_bundle(args.model, args.tracking_uri)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for kind, value, known in (("user", args.user, bundle.knows_user), ("item", args.item, bundle.knows_item)):
+        if not known(value):
+            print(f"error: {kind} {value} does not exist in {bundle.dataset}'s training data of {args.model}",
+                  file=sys.stderr)
+            return 2
+    with torch.no_grad():
+        rating = float(bundle.scorer(torch.tensor([[args.user, args.item]], dtype=torch.int64))[0])
+    if args.json:
+        print(json.dumps({"model": args.model, "user_id": args.user, "item_id": args.item, "rating": rating,
+                          "title": bundle.titles.get(args.item)}))
+    else:
+        title = bundle.titles.get(args.item)
+        print(f"user {args.user}, item {args.item}{f' ({title})' if title else ''}: predicted rating {rating:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""YAML search space -> strict schema -> `trial.suggest_*`, with one translator.
+
+A file declares the data (dataset, split), the parameters of `TrainConfig` to search (int,
+float, categorical or fixed; a parameter may depend on the value of a categorical one, e.g. a
+learning-rate range per optimizer), epochs and early stopping, the sampler and pruner with their
+options, and the trial budget. Everything is checked when the file is loaded: a typo fails before
+any training, naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.split import STRATEGIES
+from pipeline.trainer import TrainConfig
+
+__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "suggest"]
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+# TrainConfig fields a space may set; epochs and patience are set at the top level.
+SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("epochs", "patience"))
+
+
+class SpaceError(ValueError):
+    """A search-space file is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        _check_bounds(self.low, self.high, self.log)
+        if self.step < 1 or (self.log and self.step != 1):
+            raise ValueError(f"step {self.step}: expected >= 1, and 1 when log is true")
+        return self
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        _check_bounds(self.low, self.high, self.log)
+        if self.step is not None and (self.step <= 0 or self.log):
+            raise ValueError(f"step {self.step}: expected > 0, and no step when log is true")
+        return self
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[bool | int | float | str] = Field(min_length=1)
+
+
+class FixedParam(_Strict):
+    type: Literal["fixed"]
+    value: bool | int | float | str | None
+
+
+Distribution = Annotated[IntParam | FloatParam | CategoricalParam | FixedParam, Field(discriminator="type")]
+
+
+class ConditionalParam(_Strict):
+    """A parameter whose distribution depends on another (categorical) parameter's value."""
+
+    by: str
+    cases: dict[str, Distribution] = Field(min_length=1)
+
+
+def _check_bounds(low, high, log) -> None:
+    if low > high:
+        raise ValueError(f"low {low} > high {high}: expected low <= high")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs positive bounds, got low {low}")
+
+
+class SplitSpec(_Strict):
+    strategy: Literal[STRATEGIES] = "random"  # type: ignore[valid-type]
+    test: float = Field(0.1, ge=0, lt=1)
+    valid: float = Field(0.1, gt=0, lt=1)
+    k: int = Field(1, ge=1)
+    seed: int = 0
+    cold: Literal["keep", "drop"] = "keep"
+
+
+class SamplerSpec(_Strict):
+    type: Literal["tpe", "random", "gp", "grid"] = "tpe"
+    options: dict[str, Any] = {}
+
+
+class PrunerSpec(_Strict):
+    type: Literal["median", "hyperband", "none"] = "median"
+    options: dict[str, Any] = {}
+
+
+class SearchSpace(_Strict):
+    """One search: the data, the parameters, the training budget, the sampler and the pruner."""
+
+    dataset: str = "ml-100k"
+    split: SplitSpec = SplitSpec()
+    params: dict[str, Distribution | ConditionalParam]
+    epochs: int = Field(20, ge=1)
+    patience: int | None = Field(None, ge=1)
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    name: str = "custom"
+    """The file's stem: part of the default study name."""
+
+    @model_validator(mode="after")
+    def _params(self):
+        for key, spec in self.params.items():
+            if key not in SEARCHABLE:
+                raise ValueError(f"params.{key}: unknown parameter: expected one of {', '.join(SEARCHABLE)}")
+            if isinstance(spec, ConditionalParam):
+                parent = self.params.get(spec.by)
+                if not isinstance(parent, CategoricalParam):
+                    raise ValueError(f"params.{key}.by: {spec.by!r} must be a categorical parameter of this space")
+                missing = {str(c) for c in parent.choices} - set(spec.cases)
+                if missing:
+                    raise ValueError(f"params.{key}.cases: no case for {sorted(missing)} (choices of {spec.by})")
+            if self.sampler.type == "grid" and isinstance(spec, (IntParam, FloatParam, ConditionalParam)):
+                raise ValueError(f"params.{key}: the grid sampler takes categorical or fixed parameters only")
+        return self
+
+    def digest(self) -> str:
+        """sha256 of the space's content (not its file name): a study is tied to one digest."""
+        blob = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        options = dict(self.sampler.options)
+        kind = self.sampler.type
+        if kind == "grid":  # the grid is the categorical parameters' choices
+            grid = {k: v.choices for k, v in self.params.items() if isinstance(v, CategoricalParam)}
+            return optuna.samplers.GridSampler(grid, seed=seed, **options)
+        cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "gp": optuna.samplers.GPSampler}[kind]
+        return cls(seed=seed, **options)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        cls = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "none": optuna.pruners.NopPruner}[self.pruner.type]
+        return cls(**self.pruner.options)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a YAML search space. A bare name (`quick`) means `search_spaces/quick.yaml`."""
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = SEARCH_SPACES / f"{path}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping of keys (dataset, params, ...), found {type(raw).__name__}")
+    if "name" in raw:
+        raise SpaceError(f"{path}: name: unknown key (the name is the file's stem)")
+    try:
+        space = SearchSpace(**raw, name=path.stem)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Param") and p not in
+                         ("int", "float", "categorical", "fixed", "ConditionalParam"))
+        value = f" (got {first['input']!r})" if first["type"] not in ("missing", "value_error") else ""
+        raise SpaceError(f"{path}: {where or 'top level'}: {first['msg']}{value}") from None
+    for what, make in (("sampler", lambda: space.make_sampler(0)), ("pruner", space.make_pruner)):
+        try:
+            make()
+        except (TypeError, ValueError) as exc:
+            raise SpaceError(f"{path}: {what}.options: {exc}") from None
+    _check_configs(space, path)
+    return space
+
+
+def _check_configs(space: SearchSpace, path: Path) -> None:
+    """Every corner of the space must make a valid TrainConfig (e.g. no weight decay with sparse_sgd)."""
+    try:
+        suggest(optuna.trial.FixedTrial(_corner(space, "low")), space)
+        suggest(optuna.trial.FixedTrial(_corner(space, "high")), space)
+    except ValueError as exc:
+        raise SpaceError(f"{path}: params: {exc}") from None
+
+
+def _corner(space: SearchSpace, end: str) -> dict:
+    """The low (or high) end of every parameter, conditionals resolved by the first choice."""
+    values = {}
+    for key, spec in _ordered(space):
+        if isinstance(spec, ConditionalParam):
+            key, spec = _case(key, spec, values)
+        if isinstance(spec, (IntParam, FloatParam)):
+            values[key] = getattr(spec, end)
+        elif isinstance(spec, CategoricalParam):
+            values[key] = spec.choices[0]
+    return values
+
+
+def _ordered(space: SearchSpace):
+    """Plain parameters first, so a conditional one finds the value it depends on."""
+    return sorted(space.params.items(), key=lambda kv: isinstance(kv[1], ConditionalParam))
+
+
+def _case(key: str, spec: ConditionalParam, values: dict) -> tuple[str, Distribution]:
+    # Each case has its own Optuna name (`lr.adam`): one name, one distribution, per study.
+    choice = str(values[spec.by])
+    return f"{key}.{choice}", spec.cases[choice]
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> TrainConfig:
+    """The one translator: ask the trial for every parameter of the space; return the config."""
+    values: dict[str, Any] = {}
+    for key, spec in _ordered(space):
+        name = key
+        if isinstance(spec, ConditionalParam):
+            name, spec = _case(key, spec, values)
+        if isinstance(spec, IntParam):
+            values[key] = trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+        elif isinstance(spec, FloatParam):
+            values[key] = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+        elif isinstance(spec, CategoricalParam):
+            values[key] = trial.suggest_categorical(name, spec.choices)
+        else:
+            values[key] = spec.value
+    return TrainConfig(**values, epochs=space.epochs, patience=space.patience)
+
