@@ -53,21 +53,25 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url.removeprefix("journal:"))
-        if not path.parent.is_dir():
-            raise SearchError(f"--storage {url}: folder {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFileBackend(str(_journal_path(url))))
     try:
         kwargs = {}
         if not url.startswith("sqlite"):
             # Stale trials of dead workers are failed after the grace period and retried.
             kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
                           grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
-                          failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                           engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors have no common base worth naming
         raise SearchError(f"--storage {url}: cannot open ({type(exc).__name__}: {exc})") from None
+
+
+def _journal_path(url: str) -> Path:
+    path = Path(url.removeprefix("journal:"))
+    if not path.parent.is_dir():
+        raise SearchError(f"--storage {url}: folder {path.parent} does not exist")
+    return path
 
 
 def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -> optuna.Study:
@@ -235,6 +239,8 @@ class Prepared:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
+    """Check everything that can be checked before touching MLflow or the study, in that order,
+    so that a bad flag, file or server leaves no trace anywhere."""
     space_path = Path(args.config)
     space = load_space(space_path)
     space_path = space_path if space_path.suffix else SEARCH_SPACES / f"{space_path}.yaml"
@@ -245,11 +251,16 @@ def prepare(args: argparse.Namespace) -> Prepared:
         torch.empty(0, device=device)
     except RuntimeError as exc:
         raise SearchError(f"--device {args.device}: {exc}") from None
-    storage = open_storage(args.storage)
-    tracker = Tracker.connect(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    database = None
+    if "://" in args.storage:
+        database = open_storage(args.storage)  # connects: a bad URL fails here
+    else:
+        _journal_path(args.storage)  # only checked: opening a journal creates the file
     ratings = ingest.load(args.dataset or space.dataset)
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
+    tracker = Tracker.connect(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    storage = database or open_storage(args.storage)
     name = args.study_name or f"{ratings.name}-{space.name}"
     study = open_study(storage, name, space, data, args.seed)
     return Prepared(space, space_path, ratings, data, study, tracker, device, args.n_trials or space.trials)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -157,7 +158,9 @@ class SearchSpace(_Strict):
             return optuna.samplers.GridSampler(grid, seed=seed, **options)
         cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "gp": optuna.samplers.GPSampler}[kind]
-        return cls(seed=seed, **options)
+        with warnings.catch_warnings():  # e.g. TPE's `group` is "experimental": nothing to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(seed=seed, **options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         cls = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
@@ -184,8 +187,9 @@ def load_space(path: str | Path) -> SearchSpace:
         space = SearchSpace(**raw, name=path.stem)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Param") and p not in
-                         ("int", "float", "categorical", "fixed", "ConditionalParam"))
+        # pydantic's location includes union members and tags ("tagged-union[...]", "int"): keep the keys.
+        where = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or (
+            p.isidentifier() and not p.endswith("Param") and p not in ("int", "float", "categorical", "fixed")))
         value = f" (got {first['input']!r})" if first["type"] not in ("missing", "value_error") else ""
         raise SpaceError(f"{path}: {where or 'top level'}: {first['msg']}{value}") from None
     for what, make in (("sampler", lambda: space.make_sampler(0)), ("pruner", space.make_pruner)):

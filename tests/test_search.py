@@ -1,0 +1,303 @@
+"""A quick study end to end, in a temporary folder: MLflow runs, registry, the load paths, resume,
+champion/challenger, divergence, and the errors that must stop a search before any work."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from pipeline import ingest, search
+from pipeline.space import SEARCH_SPACES
+
+pytestmark = pytest.mark.slow
+
+
+def _write_space(folder: Path, name: str, **changes) -> Path:
+    raw = yaml.safe_load((SEARCH_SPACES / "quick.yaml").read_text())
+    raw.update(changes)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+class Workspace:
+    """A folder with its own ratings file, Optuna journal and MLflow database."""
+
+    def __init__(self, root: Path, seed: int = 3) -> None:
+        self.root = root
+        self.data = root / "ratings.csv"
+        ingest.synthetic(300, 200, 15_000, rank=4, noise=0.3, seed=seed).frame.to_csv(self.data, index=False)
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    @property
+    def client(self) -> MlflowClient:  # lazily: a client creates the database
+        return MlflowClient(self.uri, self.uri)
+
+    def argv(self, *extra: str, config: str | Path = "quick") -> list[str]:
+        return ["--config", str(config), "--dataset", str(self.data), "--storage", str(self.root / "optuna.journal"),
+                "--tracking-uri", self.uri, "--quiet", *extra]
+
+    def search(self, *extra: str, config: str | Path = "quick") -> int:
+        return search.main(self.argv(*extra, config=config))
+
+    def runs(self):
+        exp = self.client.get_experiment_by_name("pipeline")
+        return self.client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+    def parents(self):
+        return [r for r in self.runs() if "mlflow.parentRunId" not in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One finished quick study (6 trials), shared by the read-only tests below."""
+    ws = Workspace(tmp_path_factory.mktemp("study"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws.root)
+        assert ws.search() == 0
+    return ws
+
+
+def test_one_parent_run_with_one_child_per_trial(done):
+    parents = done.parents()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in done.runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 6 == len(done.runs()) - 1
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == list(range(6))
+    for child in children:
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[child.data.tags["optuna.state"]]
+        assert child.info.status == expected
+        curve = done.client.get_metric_history(child.info.run_id, "valid_rmse")
+        assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and curve
+    zero = next(c for c in children if c.data.tags["optuna.trial_number"] == "0")
+    assert (zero.data.params["factors"], zero.data.params["optimizer"], zero.data.params["lr"],
+            zero.data.params["batch_size"], zero.data.params["epochs"]) == ("30", "adam", "0.002", "512", "20")
+
+
+def test_the_parent_run_carries_the_study(done):
+    parent = done.parents()[0]
+    artifacts = {a.path for a in done.client.list_artifacts(parent.info.run_id)}
+    assert {"search_space.yaml", "resolved_config.json", "trials.csv", "plots"} <= artifacts
+    plots = {a.path for a in done.client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/optimization_history.png"} <= plots
+    tags, metrics = parent.data.tags, parent.data.metrics
+    for key in ("data.fingerprint", "split.fingerprint", "git.commit", "version.torch", "version.optuna", "device"):
+        assert tags[key]
+    for key in ("best_valid_rmse", "test_rmse", "test_mae", "reference.d2l_test_rmse",
+                "reference.global_mean_test_rmse", "reference.biases_only_test_rmse"):
+        assert np.isfinite(metrics[key])
+    assert metrics["test_rmse"] < metrics["reference.global_mean_test_rmse"]
+    contexts = {i.tags[0].value for i in parent.inputs.dataset_inputs}
+    assert contexts == {"train", "valid", "test"}
+    assert all(i.dataset.digest for i in parent.inputs.dataset_inputs)
+
+
+def _pairs(ws):
+    frame = pd.read_csv(ws.data)
+    return np.array([[frame.user_id[0], frame.item_id[0]], [frame.user_id[5], frame.item_id[9]],
+                     [10**6, frame.item_id[0]], [10**6, 10**6]], dtype=np.int64)
+
+
+def test_registered_champion_loads_by_name_without_pickle_from_elsewhere(done, tmp_path):
+    version = done.client.get_model_version_by_alias("mf-movielens", "champion")
+    assert str(version.version) == "1"
+    pairs = _pairs(done)
+    script = f"""
+import json, mlflow, torch, pandas as pd, numpy as np
+pairs = np.array({pairs.tolist()}, dtype=np.int64)
+m = mlflow.pytorch.load_model("models:/mf-movielens@champion")
+a = m(torch.from_numpy(pairs)).detach().numpy().tolist()
+p = mlflow.pyfunc.load_model("models:/mf-movielens@champion")
+b = np.asarray(p.predict(pd.DataFrame({{"user_id": pairs[:, 0], "item_id": pairs[:, 1]}}))).ravel().tolist()
+print(json.dumps([a, b]))
+"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": done.uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    torch_pred, pyfunc_pred = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(torch_pred, pyfunc_pred, rtol=1e-6)
+    assert all(1.0 <= x <= 5.0 for x in torch_pred)
+    # unknown user: mean + item bias; unknown both: the global mean
+    assert torch_pred[3] == pytest.approx(pd.read_csv(done.data).query("index >= 0").rating.mean(), abs=0.05)
+
+
+def test_predict_and_recommend_commands(done, capsys, monkeypatch):
+    from pipeline import predict, recommend
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", done.uri)
+    user, item = (int(x) for x in _pairs(done)[0])
+    assert predict.main(["--user", str(user), "--item", str(item), "--json"]) == 0
+    rating = json.loads(capsys.readouterr().out)["rating"]
+    assert 1.0 <= rating <= 5.0
+    assert recommend.main(["--user", str(user), "--top", "5", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)["items"]
+    seen = pd.read_csv(done.data).query("user_id == @user").item_id
+    assert len(items) == 5 and [i["rating"] for i in items] == sorted((i["rating"] for i in items), reverse=True)
+    assert len(set(i["item_id"] for i in items) & set(seen)) <= 1  # only a test-set item can reappear
+    assert recommend.main(["--user", "123456"]) == 2
+    assert "user 123456 does not exist" in capsys.readouterr().err
+    assert predict.main(["--user", str(user), "--item", "1", "--model", "models:/mf-movielens@nobody"]) == 2
+    assert "alias nobody not found" in capsys.readouterr().err
+
+
+def test_serve_answers_with_the_same_numbers(done, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # `mlflow models serve` execs `uvicorn` by name: the environment's bin folder must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": done.uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mf-movielens@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.5)
+        pairs = _pairs(done)
+        body = json.dumps({"dataframe_split": {"columns": ["user_id", "item_id"], "data": pairs.tolist()}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        served = json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+    mlflow.set_tracking_uri(done.uri)
+    model = mlflow.pytorch.load_model("models:/mf-movielens@champion")
+    expected = model(torch.from_numpy(pairs)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(served).ravel(), expected, rtol=1e-6)
+
+
+# --- tests that change their own workspace ---------------------------------------------------
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return Workspace(tmp_path)
+
+
+def test_a_rerun_resumes_the_study(ws):
+    assert ws.search("--n-trials", "3") == 0
+    parent = ws.parents()[0].info.run_id
+    assert ws.search("--n-trials", "5") == 0
+    assert [p.info.run_id for p in ws.parents()] == [parent]
+    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in ws.runs() if r.info.run_id != parent)
+    assert numbers == [0, 1, 2, 3, 4]  # trials 0-2 were not redone
+    versions = len(ws.client.search_model_versions("name='mf-movielens'"))
+    assert ws.search("--n-trials", "5") == 0  # nothing left to do: no trial, no new version
+    assert len(ws.runs()) == 6 and len(ws.client.search_model_versions("name='mf-movielens'")) == versions
+
+
+def test_champion_moves_only_for_a_better_model_on_the_same_split(ws):
+    assert ws.search("--n-trials", "2") == 0
+    worse = _write_space(ws.root, "worse", params={
+        "factors": {"type": "fixed", "value": 2}, "optimizer": {"type": "fixed", "value": "sgd"},
+        "lr": {"type": "fixed", "value": 0.001}, "weight_decay": {"type": "fixed", "value": 0.0}}, epochs=1)
+    # the d2l trial 0 is in every study: a worse space still has it as its best, so cap it at trial 0
+    assert ws.search("--n-trials", "1", "--study-name", "other", config=worse) == 0
+    aliases = {v.version: v.aliases for v in ws.client.search_model_versions("name='mf-movielens'")}
+    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens", "challenger").version) == "2"
+    other_split = _write_space(ws.root, "other-split", split={"strategy": "random", "test": 0.1, "valid": 0.1, "seed": 9})
+    assert ws.search("--n-trials", "6", "--study-name", "third", config=other_split) == 0
+    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens", "challenger").version) == "3"
+    assert aliases
+
+
+def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(ws):
+    diverging = _write_space(ws.root, "diverging", params={
+        "optimizer": {"type": "fixed", "value": "sgd"}, "lr": {"type": "float", "low": 1e6, "high": 1e7},
+        "weight_decay": {"type": "fixed", "value": 0.0}}, trials=3)
+    assert ws.search(config=diverging) == 0  # trial 0 (d2l) completes and is registered
+    failed = [r for r in ws.runs() if r.data.tags.get("optuna.state") == "FAIL"]
+    assert failed and all(r.info.status == "FAILED" for r in failed)
+    assert all("diverged at epoch" in r.data.tags["fail_reason"] for r in failed)
+
+
+def test_a_study_name_reused_with_another_space_is_refused(ws, capsys):
+    assert ws.search("--n-trials", "1") == 0
+    other = _write_space(ws.root, "other", epochs=3)
+    assert ws.search("--study-name", ws.parents()[0].data.tags["optuna.study_name"], config=other) == 2
+    assert "was created for another space" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
+    (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:9/none"], "--storage postgresql+psycopg2://"),
+    (["--storage", "/no/such/folder/j.journal"], "folder /no/such/folder does not exist"),
+    (["--dataset", "ml-7k"], "unknown dataset 'ml-7k'"),
+    (["--n-trials", "0"], "--n-trials 0"),
+])
+def test_errors_before_work_exit_2_and_log_nothing(ws, capsys, change, message):
+    argv = ws.argv()
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert search.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (ws.root / "mlflow.db").exists() and not (ws.root / "optuna.journal").exists()
+
+
+def test_a_bad_search_space_exits_2(ws, capsys):
+    bad = ws.root / "bad.yaml"
+    bad.write_text("params: {factors: {type: int, low: 5, high: 1}}\n")
+    assert ws.search(config=bad) == 2
+    assert f"{bad}: params.factors" in capsys.readouterr().err
+    assert not (ws.root / "mlflow.db").exists()
+
+
+def test_ctrl_c_closes_everything_and_a_rerun_resumes(ws):
+    import signal
+    import time
+
+    slow = _write_space(ws.root, "slow", epochs=400, patience=None,
+                        pruner={"type": "none"}, params={"factors": {"type": "fixed", "value": 64},
+                                                         "optimizer": {"type": "fixed", "value": "sparse_sgd"},
+                                                         "weight_decay": {"type": "fixed", "value": 0.0},
+                                                         "lr": {"type": "fixed", "value": 0.005},
+                                                         "batch_size": {"type": "fixed", "value": 64}}, trials=3)
+    argv = [a for a in ws.argv(config=slow) if a != "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.search", *argv], cwd=ws.root,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # progress lines: interrupt in the middle of trial 1
+        if "1/3 trials" in line:
+            time.sleep(1.0)
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(60) == 130, rest
+    assert "rerun the same command to resume" in rest
+    parent = ws.parents()[0]
+    assert parent.info.status == "KILLED"
+    assert {r.info.status for r in ws.runs()} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
+    assert ws.client.search_registered_models() == []  # no half-made model
+    assert ws.search(config=slow) == 0
+    assert [p.info.run_id for p in ws.parents()] == [parent.info.run_id]
+    assert ws.parents()[0].info.status == "FINISHED"
+    complete = [r for r in ws.runs() if r.data.tags.get("optuna.state") == "COMPLETE"]
+    assert len(complete) == 3
+    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"

@@ -1,0 +1,120 @@
+import math
+
+import optuna
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.space import SEARCH_SPACES, SpaceError, load_space, suggest
+from pipeline.trainer import TrainConfig
+
+BASE = {"params": {"factors": {"type": "int", "low": 4, "high": 64}}}
+
+
+def _write(tmp_path, content, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.parametrize("name", ["mf", "quick", "wide"])
+def test_the_shipped_spaces_load(name):
+    space = load_space(SEARCH_SPACES / f"{name}.yaml")
+    assert space.name == name and space.trials >= 1
+    config = suggest(optuna.create_study(sampler=space.make_sampler(0)).ask(), space)
+    assert isinstance(config, TrainConfig) and config.epochs == space.epochs
+
+
+@pytest.mark.parametrize("content,message", [
+    ({**BASE, "epochz": 3}, "epochz: Extra inputs are not permitted"),
+    ({"params": {"factorz": {"type": "int", "low": 1, "high": 2}}}, "params.factorz: unknown parameter"),
+    ({"params": {"factors": {"type": "int", "low": 9, "high": 2}}}, "low 9 > high 2"),
+    ({"params": {"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}, "log scale needs positive bounds"),
+    ({"params": {"optimizer": {"type": "categorical", "choices": []}}}, "params.optimizer.choices: List should have at least 1 item"),
+    ({"params": {"factors": {"type": "int", "low": "many", "high": 2}}}, "params.factors.low: Input should be a valid integer"),
+    ({"params": {"factors": {"type": "gaussian"}}}, "params.factors"),
+    ({**BASE, "epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    ({**BASE, "sampler": {"type": "cma"}}, "sampler.type"),
+    ({**BASE, "sampler": {"type": "tpe", "options": {"n_startup": 3}}}, "sampler.options"),
+    ({**BASE, "pruner": {"type": "median", "options": {"warmup": 3}}}, "pruner.options"),
+    ({**BASE, "split": {"strategy": "kfold"}}, "split.strategy"),
+    ({"params": {"optimizer": {"type": "fixed", "value": "sparse_sgd"},
+                 "weight_decay": {"type": "fixed", "value": 0.1}}}, "weight_decay=0.1"),
+    ({"params": {"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+                 "lr": {"by": "optimizer", "cases": {"adam": {"type": "fixed", "value": 0.01}}}}},
+     "no case for ['sgd']"),
+    ({"params": {"lr": {"by": "optimizer", "cases": {"adam": {"type": "fixed", "value": 0.01}}}}},
+     "'optimizer' must be a categorical parameter"),
+    ("params: [1, 2", "not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+])
+def test_bad_spaces_name_the_file_and_the_key(tmp_path, content, message):
+    path = _write(tmp_path, content)
+    with pytest.raises(SpaceError) as error:
+        load_space(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+
+
+def test_a_missing_file(tmp_path):
+    with pytest.raises(SpaceError, match="nope.yaml: cannot read"):
+        load_space(tmp_path / "nope.yaml")
+
+
+# --- the translator, property-tested ---------------------------------------------------------
+
+bounds = st.tuples(st.floats(1e-6, 1e3), st.floats(1e-6, 1e3)).map(sorted)
+int_bounds = st.tuples(st.integers(1, 500), st.integers(1, 500)).map(sorted)
+
+
+@st.composite
+def spaces(draw):
+    lo, hi = draw(bounds)
+    ilo, ihi = draw(int_bounds)
+    optimizers = draw(st.lists(st.sampled_from(["adam", "sgd", "adagrad", "rmsprop"]), min_size=1, unique=True))
+    lr_cases = {o: {"type": "float", "low": lo, "high": hi, "log": draw(st.booleans())} for o in optimizers}
+    return {
+        "params": {
+            "factors": {"type": "int", "low": ilo, "high": ihi, "log": draw(st.booleans())},
+            "optimizer": {"type": "categorical", "choices": optimizers},
+            "lr": {"by": "optimizer", "cases": lr_cases},
+            "batch_size": {"type": "categorical", "choices": draw(st.lists(st.integers(1, 4096), min_size=1, max_size=4))},
+            "l2": {"type": "fixed", "value": draw(st.floats(0, 1))},
+        },
+        "epochs": draw(st.integers(1, 50)),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=spaces(), seed=st.integers(0, 2**16))
+def test_every_suggestion_lies_inside_its_declared_distribution(tmp_path_factory, raw, seed):
+    path = _write(tmp_path_factory.mktemp("space"), raw)
+    space = load_space(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(3):
+        trial = study.ask()
+        config = suggest(trial, space)
+        p = raw["params"]
+        assert p["factors"]["low"] <= config.factors <= p["factors"]["high"]
+        assert config.optimizer in p["optimizer"]["choices"]
+        case = p["lr"]["cases"][config.optimizer]
+        assert case["low"] * (1 - 1e-9) <= config.lr <= case["high"] * (1 + 1e-9)
+        assert config.batch_size in p["batch_size"]["choices"]
+        assert config.l2 == p["l2"]["value"] and config.epochs == raw["epochs"]
+        # one Optuna name per case: the lr of each optimizer is its own parameter
+        assert set(trial.params) == {"factors", "optimizer", "batch_size", f"lr.{config.optimizer}"}
+        study.tell(trial, 1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(raw=spaces())
+def test_fixed_trials_reproduce_their_parameters(tmp_path_factory, raw):
+    space = load_space(_write(tmp_path_factory.mktemp("space"), raw))
+    optimizer = raw["params"]["optimizer"]["choices"][0]
+    lr = raw["params"]["lr"]["cases"][optimizer]["high"]
+    params = {"factors": raw["params"]["factors"]["low"], "optimizer": optimizer, f"lr.{optimizer}": lr,
+              "batch_size": raw["params"]["batch_size"]["choices"][-1]}
+    config = suggest(optuna.trial.FixedTrial(params), space)
+    assert (config.factors, config.optimizer, config.batch_size) == (params["factors"], optimizer, params["batch_size"])
+    assert math.isclose(config.lr, lr)
