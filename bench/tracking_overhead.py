@@ -1,0 +1,77 @@
+"""MLflow tracking overhead: the same study (same seed, same trials) with tracking on and off.
+
+    python bench/tracking_overhead.py [--trials 40] [--config mf] [--repeats 2]
+
+Times the trial loop of `pipeline.search` (child runs, parameters, learning curves, states) in one
+process on ml-100k; tracking goes to a fresh SQLite database in a temporary folder. Each mode runs
+`repeats` times, alternating; the fastest of each is compared. Writes bench/results/tracking_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from pipeline import ingest
+from pipeline.search import Objective
+from pipeline.space import load_space
+from pipeline.split import split
+from pipeline.tracking import Tracker
+from pipeline.trainer import default_device
+
+
+def one_study(space, data, dims, trials: int, tracker: Tracker | None) -> tuple[float, list[float]]:
+    study = optuna.create_study(sampler=space.make_sampler(0), pruner=space.make_pruner())
+    study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+    if tracker is not None:
+        tracker.open_parent(study, "overhead", {})
+    objective = Objective(space, data.part("train"), data.part("valid"), dims, device=default_device(), seed=0,
+                          tracker=tracker, study_name="overhead")
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    seconds = time.perf_counter() - start
+    if tracker is not None:
+        tracker.close_parent("FINISHED")
+    return seconds, [t.value for t in study.trials]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--config", default="mf")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = load_space(args.config)
+    ratings = ingest.load(space.dataset)
+    data = split(ratings, seed=space.split.seed)
+    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    times = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker.connect(f"sqlite:///{tmp}/mlflow.db", "overhead")
+        for _ in range(args.repeats):
+            for mode in ("off", "on"):
+                seconds, values = one_study(space, data, dims, args.trials, tracker if mode == "on" else None)
+                times[mode].append(seconds)
+                print(f"tracking {mode:>3}: {seconds:7.2f} s for {args.trials} trials", flush=True)
+        same = values == one_study(space, data, dims, args.trials, None)[1]
+    best = {mode: min(ts) for mode, ts in times.items()}
+    overhead = best["on"] / best["off"] - 1
+    print(f"overhead: {100 * overhead:+.1f} % (fastest of {args.repeats} each); same trial values: {same}")
+    out = Path(__file__).parent / "results" / "tracking_overhead.json"
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.node() and platform.machine(),
+                               "trials": args.trials, "config": args.config, "seconds": times,
+                               "overhead": overhead, "same_trial_values": same,
+                               "command": "python bench/tracking_overhead.py " + " ".join(sys.argv[1:])}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
