@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m pipeline.train
+	$(BIN)/python -m pipeline.search
 
 test: setup
 	$(BIN)/python -m pytest -q

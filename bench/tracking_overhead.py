@@ -31,7 +31,7 @@ def one_study(space, data, dims, trials: int, tracker: Tracker | None) -> tuple[
     study = optuna.create_study(sampler=space.make_sampler(0), pruner=space.make_pruner())
     study.enqueue_trial({}, user_attrs={"reference": "d2l"})
     if tracker is not None:
-        tracker.open_parent(study, "overhead", {})
+        tracker.create_parent("overhead", {})
     objective = Objective(space, data.part("train"), data.part("valid"), dims, device=default_device(), seed=0,
                           tracker=tracker, study_name="overhead")
     start = time.perf_counter()

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from pipeline import ingest
@@ -60,7 +59,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             # Stale trials of dead workers are failed after the grace period and retried.
             kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
                           grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                           engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors have no common base worth naming
@@ -93,6 +91,62 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -
     return study
 
 
+def claim(study: optuna.Study, what: str) -> bool:
+    """True for exactly one caller per (study, what), across processes and machines.
+
+    Optuna's storages have one atomic primitive that every backend shares: a study name is unique
+    (a database constraint; the journal's log order). A marker study named after the claim is it."""
+    try:
+        study._storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"{study.study_name}:{what}")
+        return True
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+
+
+def wait_for_attr(study: optuna.Study, key: str, timeout: float = 600.0, check=lambda value: True):
+    """The study user attr `key`, once another worker has set it (and `check` accepts it)."""
+    deadline = time.monotonic() + timeout
+    while (value := study.user_attrs.get(key)) is None or not check(value):
+        if time.monotonic() > deadline:
+            raise SearchError(f"study {study.study_name!r}: waited {timeout:.0f} s for another worker to set {key!r}")
+        time.sleep(0.5)
+    return value
+
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def attach_parent(p: Prepared, tags: dict[str, str]) -> bool:
+    """Attach to the study's one MLflow parent run, creating it if this process wins the claim.
+    Returns True when this process created it (and so logs the study's inputs)."""
+    previous = p.study.user_attrs.get(PARENT_ATTR)
+    if previous is not None and p.tracker.reopen_parent(previous, tags):
+        return False
+    # Claim keyed by the run it replaces: a tracking store that lost the old parent gets one new one.
+    if claim(p.study, f"mlflow-parent-after-{previous or 'none'}"):
+        p.study.set_user_attr(PARENT_ATTR, p.tracker.create_parent(p.study.study_name, tags))
+        return True
+    run_id = wait_for_attr(p.study, PARENT_ATTR, check=lambda value: value != previous)
+    if not p.tracker.reopen_parent(run_id, tags):
+        raise SearchError(f"MLflow parent run {run_id} of study {p.study.study_name!r} is not in {p.tracker.tracking_uri}")
+    return False
+
+
+class CloseStaleRuns:
+    """Heartbeat callback: a trial whose worker died is failed by Optuna and retried
+    (RetryHeartbeatStaleTrialCallback); its MLflow child run, left RUNNING, is closed as FAILED."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.fail_run(run_id, f"worker died: no heartbeat for trial {trial.number}; retried")
+
+
 # --- the objective -------------------------------------------------------------------------
 
 
@@ -112,13 +166,25 @@ class _NoRun:
         pass
 
 
+class OverCap(RuntimeError):
+    """Another worker took the study's last slot between our check and our trial's start."""
+
+
 class Objective:
     """Built once with the data on the device; called by Optuna once per trial."""
 
     def __init__(self, space: SearchSpace, train: Interactions, valid: Interactions, dims: dict, *,
-                 device: torch.device, seed: int, tracker: Tracker | None, study_name: str) -> None:
+                 device: torch.device, seed: int, tracker: Tracker | None, study_name: str,
+                 cap: int | None = None) -> None:
         self.space, self.train, self.valid, self.dims = space, train.to(device), valid.to(device), dims
-        self.device, self.seed, self.tracker, self.study_name = device, seed, tracker, study_name
+        self.device, self.seed, self.tracker, self.study_name, self.cap = device, seed, tracker, study_name, cap
+
+    def _over_cap(self, trial: optuna.Trial) -> bool:
+        """Trial numbers are unique and ordered: the cap's slots go to the lowest non-failed numbers."""
+        if self.cap is None:
+            return False
+        earlier = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING))
+        return sum(t.number < trial.number for t in earlier) >= self.cap
 
     def config(self, trial: optuna.Trial) -> TrainConfig:
         if trial.user_attrs.get("reference") == "d2l":
@@ -126,10 +192,18 @@ class Objective:
         return suggest(trial, self.space)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self._over_cap(trial):
+            trial.set_user_attr("fail_reason", "over the study's cap: another worker took the last slot")
+            raise OverCap(trial.user_attrs["fail_reason"])
         config = self.config(trial)
         trial.set_user_attr("config", config.to_dict())
-        run: TrialRun | _NoRun = (self.tracker.start_trial(trial.number, {**config.to_dict(), "trial_number": trial.number},
-                                                            self.study_name) if self.tracker else _NoRun())
+        try:
+            run: TrialRun | _NoRun = (self.tracker.start_trial(
+                trial.number, {**config.to_dict(), "trial_number": trial.number}, self.study_name)
+                if self.tracker else _NoRun())
+        except TrackingError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
         trial.set_user_attr("mlflow_run_id", run.run_id)
 
         def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
@@ -144,20 +218,33 @@ class Objective:
         except optuna.TrialPruned:
             run.end("KILLED", tags={"optuna.state": "PRUNED"})
             raise
-        except TrainingDiverged as exc:
+        except (TrainingDiverged, TrackingError) as exc:
             trial.set_user_attr("fail_reason", str(exc))
-            run.end("FAILED", tags={"optuna.state": "FAIL", "fail_reason": str(exc)})
+            _end_quietly(run, "FAILED", {"optuna.state": "FAIL", "fail_reason": str(exc)})
             raise
-        except BaseException as exc:  # Ctrl-C, a dead tracking server, a bug: never leave the run RUNNING
-            run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                    tags={"optuna.state": "FAIL", "fail_reason": repr(exc)[:500]})
+        except BaseException as exc:  # Ctrl-C, a bug: never leave the run RUNNING
+            _end_quietly(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                         {"optuna.state": "FAIL", "fail_reason": repr(exc)[:500]})
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
-        run.end("FINISHED", tags={"optuna.state": "COMPLETE"}, metrics={
-            "best_valid_rmse": result.best_valid_rmse, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "train_seconds": result.train_seconds,
-            "examples_per_second": result.examples_per_second})
+        try:
+            run.end("FINISHED", tags={"optuna.state": "COMPLETE"}, metrics={
+                "best_valid_rmse": result.best_valid_rmse, "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history), "train_seconds": result.train_seconds,
+                "examples_per_second": result.examples_per_second})
+        except TrackingError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
         return result.best_valid_rmse
+
+
+def _end_quietly(run, status: str, tags: dict) -> None:
+    """Close the run on the way out of a failure; a tracking error here must not hide the first one."""
+    try:
+        run.end(status, tags=tags)
+    except TrackingError as exc:
+        print(f"warning: could not close MLflow run {run.run_id}: {exc}", file=sys.stderr)
+
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -174,7 +261,7 @@ class Progress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.quiet:
             return
-        done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+        done = _count(study, FINISHED)
         elapsed = time.monotonic() - self.start
         rate = elapsed / max(done - self.start_done, 1)
         eta = rate * max(self.total - done, 0)
@@ -220,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--register-as", default="mf-movielens", help="registered model name")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine, sharing the study")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     return p
 
@@ -246,6 +334,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     space_path = space_path if space_path.suffix else SEARCH_SPACES / f"{space_path}.yaml"
     if args.n_trials is not None and args.n_trials < 1:
         raise SearchError(f"--n-trials {args.n_trials}: expected >= 1")
+    if args.workers < 1:
+        raise SearchError(f"--workers {args.workers}: expected >= 1")
     try:
         device = torch.device(args.device) if args.device else default_device()
         torch.empty(0, device=device)
@@ -261,24 +351,46 @@ def prepare(args: argparse.Namespace) -> Prepared:
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
     tracker = Tracker.connect(resolve_tracking_uri(args.tracking_uri), args.experiment)
     storage = database or open_storage(args.storage)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
     name = args.study_name or f"{ratings.name}-{space.name}"
     study = open_study(storage, name, space, data, args.seed)
     return Prepared(space, space_path, ratings, data, study, tracker, device, args.n_trials or space.trials)
 
 
 def run_trials(p: Prepared, objective: Objective, *, timeout: float | None, quiet: bool) -> int:
-    """Run trials until the study-wide cap of finished trials; returns how many this call ran."""
-    done = sum(t.state in FINISHED for t in p.study.get_trials(deepcopy=False))
-    if done >= p.cap:
-        return 0
-    progress = Progress(p.cap, done, quiet)
-    before = len(p.study.trials)
+    """Run trials until the study holds `cap` finished (complete or pruned) trials, counting every
+    worker's; returns how many this process ran. One trial per `optimize` call, so the cap is
+    checked before each trial, and a worker that finds the others' running trials fill the cap
+    waits for them where a heartbeat can still fail them (a dead worker's trial is then retried)."""
+    study = p.study
+    heartbeat = isinstance(study._storage, optuna.storages.RDBStorage) and study._storage.get_heartbeat_interval()
+    progress = Progress(p.cap, _count(study, FINISHED), quiet)
+    deadline = time.monotonic() + timeout if timeout else None
+    ran = 0
     try:
-        p.study.optimize(objective, n_trials=None, timeout=timeout, catch=(TrainingDiverged,), callbacks=[
-            MaxTrialsCallback(p.cap, states=FINISHED), MaxTrialsCallback(p.cap, states=(TrialState.FAIL,)), progress])
+        while deadline is None or time.monotonic() < deadline:
+            if heartbeat:
+                optuna.storages.fail_stale_trials(study)
+            finished, running = _count(study, FINISHED), _count(study, (TrialState.RUNNING,))
+            waiting = _count(study, (TrialState.WAITING,))
+            if finished >= p.cap or _count(study, (TrialState.FAIL,)) >= p.cap:
+                break
+            if finished + running >= p.cap and not waiting:
+                if not heartbeat:
+                    break  # without a heartbeat nobody can fail a dead worker's trial: do not wait
+                time.sleep(1.0)
+                continue
+            study.optimize(objective, n_trials=1, catch=(TrainingDiverged, TrackingError, OverCap),
+                           callbacks=[progress])
+            ran += 1
     finally:
         progress.close()
-    return len(p.study.trials) - before
+    return ran
+
+
+def _count(study: optuna.Study, states) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _git_commit() -> str:
@@ -416,45 +528,107 @@ def print_summary(s: dict, tracking_uri: str) -> None:
     print(f"compare every trial: {ui}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress line reports each trial
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_libraries()
     try:
         p = prepare(args)
+        created = attach_parent(p, _parent_tags(p))
     except (SpaceError, ingest.IngestError, TrackingError, SearchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    tracker = p.tracker
-    tracker.open_parent(p.study, p.study.study_name, _parent_tags(p))
     if not args.quiet:
         print(f"study {p.study.study_name}: {p.ratings.name} ({len(p.ratings):,} ratings), split "
-              f"{p.data.summary()}, device {p.device}, cap {p.cap} trials; MLflow {tracker.tracking_uri}",
-              file=sys.stderr)
+              f"{p.data.summary()}, device {p.device}, cap {p.cap} trials, {args.workers} worker(s); "
+              f"MLflow {p.tracker.tracking_uri}", file=sys.stderr)
     status = "FAILED"
     try:
-        _log_study_inputs(p)
-        dims = dict(n_users=p.data.n_users, n_items=p.data.n_items, rating_scale=p.ratings.rating_scale)
-        objective = Objective(p.space, p.data.part("train"), p.data.part("valid"), dims, device=p.device,
-                              seed=args.seed, tracker=tracker, study_name=p.study.study_name)
-        ran = run_trials(p, objective, timeout=args.timeout or p.space.timeout, quiet=args.quiet)
+        if created:
+            _log_study_inputs(p)
+        if args.workers > 1:
+            code = run_workers(args)
+            if code:
+                status = "KILLED" if code == 130 else "FAILED"
+                return code
+        else:
+            run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=args.quiet)
         if not any(t.state == TrialState.COMPLETE for t in p.study.trials):
             print("error: no trial completed; see the failed trials in MLflow", file=sys.stderr)
             return 1
-        summary = p.study.user_attrs.get("summary")
-        if ran or summary is None or summary["best_trial"] != p.study.best_trial.number:
+        best = p.study.best_trial.number
+        if claim(p.study, f"finish-{best}"):
             summary = finish(p, args, args.quiet)
             p.study.set_user_attr("summary", summary)
-        status = "FINISHED"
+            status = "FINISHED"
+        else:  # another worker (or an earlier run) refits and registers this best trial
+            summary = wait_for_attr(p.study, "summary", check=lambda value: value["best_trial"] == best)
+            status = None
     except KeyboardInterrupt:
         status = "KILLED"
         print("\ninterrupted: the study is saved; rerun the same command to resume it", file=sys.stderr)
         return 130
     finally:
-        tracker.close_parent(status)
-    print_summary(summary, tracker.tracking_uri)
+        if status is not None:
+            p.tracker.close_parent(status)
+    print_summary(summary, p.tracker.tracking_uri)
     return 0
+
+
+def make_objective(p: Prepared, args: argparse.Namespace) -> Objective:
+    dims = dict(n_users=p.data.n_users, n_items=p.data.n_items, rating_scale=p.ratings.rating_scale)
+    return Objective(p.space, p.data.part("train"), p.data.part("valid"), dims, device=p.device, seed=args.seed,
+                     tracker=p.tracker, study_name=p.study.study_name, cap=p.cap)
+
+
+# --- several workers on one machine --------------------------------------------------------
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """`--workers N`: N processes, each with its own copy of the data on its device, share the
+    study's cap through the storage. Returns 0, or the first failing worker's exit code."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
+    argv = _worker_argv(args)
+    workers = [context.Process(target=_worker, args=(argv,), name=f"worker-{i}") for i in range(args.workers)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:  # the workers got the same SIGINT: let them close their trials
+        for w in workers:
+            w.join()
+        raise
+    codes = [w.exitcode for w in workers]
+    return next((130 if c in (130, -2) else c for c in codes if c), 0)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    argv = []
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "workers" or value is None or value is False:
+            continue
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _worker(argv: list[str]) -> None:
+    """One worker process: the trial loop only; the parent run exists and the caller finishes."""
+    args = parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        p = prepare(args)
+        attach_parent(p, {})
+        run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=args.quiet)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from mlflow.exceptions import MlflowException
 
 __all__ = ["TrackingError", "Tracker", "TrialRun", "resolve_tracking_uri"]
 
-PARENT_ATTR = "mlflow_parent_run_id"
 _FLUSH_SECONDS = 5.0  # a running trial's curve appears in `mlflow ui` at most this late
 
 
@@ -62,7 +61,8 @@ class TrialRun:
 
     def flush(self) -> None:
         if self._pending:
-            self.client.log_batch(self.run_id, metrics=self._pending)
+            with _reported(self.client):
+                self.client.log_batch(self.run_id, metrics=self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
 
@@ -71,9 +71,19 @@ class TrialRun:
         now = _now_ms()
         self._pending.extend(Metric(k, float(v), now, 0) for k, v in (metrics or {}).items())
         tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
-        self._pending = []
-        self.client.set_terminated(self.run_id, status)
+        with _reported(self.client):
+            self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
+            self._pending = []
+            self.client.set_terminated(self.run_id, status)
+
+
+@contextmanager
+def _reported(client: MlflowClient):
+    """MLflow failures (after the client's own retries) as one TrackingError with the server named."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {client.tracking_uri} failed: {exc.message[:300]}") from None
 
 
 class Tracker:
@@ -91,6 +101,11 @@ class Tracker:
         """Check the server (or create the database: once, before any worker starts, because
         concurrent first-time migrations race) and get or create the experiment."""
         if tracking_uri.startswith(("http://", "https://")):
+            # Retry transient errors for ~30 s (1+2+4+8+16), then fail the trial with the reason,
+            # instead of MLflow's default of minutes.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             try:
                 with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
                     response.read()
@@ -113,21 +128,19 @@ class Tracker:
 
     # --- the parent run -------------------------------------------------------------------
 
-    def open_parent(self, study, run_name: str, tags: dict[str, str]) -> str:
-        """The study's parent run: the one named in the study's user attrs (reopened), else a new one."""
-        run_id = study.user_attrs.get(PARENT_ATTR)
-        if run_id is not None:
-            try:
-                self.client.update_run(run_id, status="RUNNING")
-            except MlflowException:
-                run_id = None  # the tracking store was reset: start a new parent
-        if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
-            study.set_user_attr(PARENT_ATTR, run_id)
-        else:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def create_parent(self, run_name: str, tags: dict[str, str]) -> str:
+        self.parent_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        return self.parent_id
+
+    def reopen_parent(self, run_id: str, tags: dict[str, str]) -> bool:
+        """Attach to an existing parent run and mark it RUNNING; False if the store lost it."""
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            return False
         self.parent_id = run_id
-        return run_id
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return True
 
     def close_parent(self, status: str) -> None:
         if self.parent_id is not None:
@@ -162,13 +175,21 @@ class Tracker:
     # --- children ---------------------------------------------------------------------------
 
     def start_trial(self, trial_number: int, params: dict, study_name: str) -> TrialRun:
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial_number}",
-            tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(trial_number),
-                  "optuna.study_name": study_name, "optuna.state": "RUNNING"},
-        )
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        with _reported(self.client):
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{trial_number}",
+                tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(trial_number),
+                      "optuna.study_name": study_name, "optuna.state": "RUNNING"},
+            )
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return TrialRun(self.client, run.info.run_id)
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Close a run another process left RUNNING (its worker died)."""
+        with _reported(self.client):
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.log_batch(run_id, tags=[RunTag("optuna.state", "FAIL"), RunTag("fail_reason", reason)])
+                self.client.set_terminated(run_id, "FAILED")
 
     def children(self) -> list:
         return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
