@@ -53,16 +53,23 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(_journal_path(url))))
-    try:
-        kwargs = {}
-        if not url.startswith("sqlite"):
-            # Stale trials of dead workers are failed after the grace period and retried.
-            kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
-                          grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
-                          engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors have no common base worth naming
-        raise SearchError(f"--storage {url}: cannot open ({type(exc).__name__}: {exc})") from None
+    import sqlalchemy.exc
+
+    kwargs = {}
+    if not url.startswith("sqlite"):
+        # Stale trials of dead workers are failed after the grace period (and retried: see prepare).
+        kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
+                      grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
+                      engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers starting together race to create the tables; the loser finds them next time.
+            time.sleep(0.5 + attempt)
+        except Exception as exc:  # noqa: BLE001 - driver errors share no base worth naming
+            raise SearchError(f"--storage {url}: cannot open ({type(exc).__name__}: {exc})") from None
+    raise SearchError(f"--storage {url}: could not create Optuna's tables (another process keeps racing)")
 
 
 def _journal_path(url: str) -> Path:
@@ -364,7 +371,10 @@ def run_trials(p: Prepared, objective: Objective, *, timeout: float | None, quie
     checked before each trial, and a worker that finds the others' running trials fill the cap
     waits for them where a heartbeat can still fail them (a dead worker's trial is then retried)."""
     study = p.study
-    heartbeat = isinstance(study._storage, optuna.storages.RDBStorage) and study._storage.get_heartbeat_interval()
+    # Private module, public function: Optuna wraps the storage (a cache), so ask it, not isinstance.
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    heartbeat = is_heartbeat_enabled(study._storage)
     progress = Progress(p.cap, _count(study, FINISHED), quiet)
     deadline = time.monotonic() + timeout if timeout else None
     ran = 0
