@@ -139,6 +139,19 @@ def attach_parent(p: Prepared, tags: dict[str, str]) -> bool:
     return False
 
 
+def close_orphan_runs(p: Prepared) -> int:
+    """Close child runs left RUNNING by a trial that is over (a worker killed or interrupted at a
+    bad moment); returns how many. Runs of trials still running elsewhere are left alone."""
+    states = {t.number: t.state for t in p.study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in p.tracker.running_children():
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if states.get(number, TrialState.FAIL) not in (TrialState.RUNNING, TrialState.WAITING):
+            p.tracker.fail_run(run.info.run_id, f"trial {number} ended without closing its run")
+            closed += 1
+    return closed
+
+
 class CloseStaleRuns:
     """Heartbeat callback: a trial whose worker died is failed by Optuna and retried
     (RetryHeartbeatStaleTrialCallback); its MLflow child run, left RUNNING, is closed as FAILED."""
@@ -211,7 +224,6 @@ class Objective:
         except TrackingError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        trial.set_user_attr("mlflow_run_id", run.run_id)
 
         def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
             run.epoch(epoch, train_mse=train_mse, valid_rmse=valid_rmse)
@@ -220,6 +232,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: valid RMSE {valid_rmse:.4f}")
 
         try:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
             result = fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number),
                          device=self.device, callback=on_epoch, **self.dims)
         except optuna.TrialPruned:
@@ -560,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if created:
             _log_study_inputs(p)
+        close_orphan_runs(p)
         if args.workers > 1:
             code = run_workers(args)
             if code:

@@ -191,9 +191,10 @@ class Tracker:
                 self.client.log_batch(run_id, tags=[RunTag("optuna.state", "FAIL"), RunTag("fail_reason", reason)])
                 self.client.set_terminated(run_id, "FAILED")
 
-    def children(self) -> list:
-        return self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                                       max_results=50_000)
+    def running_children(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'",
+            max_results=50_000)
 
     # --- model and registry -----------------------------------------------------------------
 

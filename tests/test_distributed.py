@@ -74,7 +74,9 @@ class Study:
                 "--storage", self.storage, "--tracking-uri", self.tracking_uri, "--study-name", "shared", *extra]
 
     def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*extra), cwd=self.root, env=self.env, stderr=subprocess.PIPE, text=True)
+        # Its own process group, as a command started from a terminal: Ctrl-C reaches all its workers.
+        return subprocess.Popen(self.command(*extra), cwd=self.root, env=self.env, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
 
     def run(self, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*extra), cwd=self.root, env=self.env, capture_output=True, text=True,
@@ -156,11 +158,10 @@ def test_ctrl_c_then_rerun_resumes_to_the_cap(tmp_path, pg_database, storage):
     s = Study(tmp_path, url, _sqlite(tmp_path), cap=10, epochs=60, batch=64)
     workers = ["--workers", "2"] if storage == "journal" else []
     process = s.start(*workers)
-    os.set_blocking(process.stderr.fileno(), True)
     for line in process.stderr:
         if "trials |" in line:
             time.sleep(1.0)
-            os.killpg(os.getpgid(process.pid), signal.SIGINT) if workers else process.send_signal(signal.SIGINT)
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
             break
     assert process.wait(60) == 130
     finished = [t for t in s.optuna().trials if t.state.is_finished()]
@@ -207,7 +208,7 @@ def _stop(server: subprocess.Popen) -> None:
 
 def test_a_tracking_server_that_goes_away_for_a_while(tmp_path, pg_database):
     port = _free_port()
-    backend, artifacts = pg_database(), tmp_path / "server-artifacts"
+    backend, artifacts = _optuna_url(pg_database), tmp_path / "server-artifacts"  # SQLAlchemy 2.1 defaults to psycopg 3
     s = Study(tmp_path, _optuna_url(pg_database), f"http://127.0.0.1:{port}", cap=10, epochs=30, batch=64)
     server = _start_server(backend, artifacts, port, s.env)
     try:
