@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,9 +396,10 @@ def run_trials(p: Prepared, objective: Objective, *, timeout: float | None, quie
         while deadline is None or time.monotonic() < deadline:
             if heartbeat:
                 optuna.storages.fail_stale_trials(study)
-            finished, running = _count(study, FINISHED), _count(study, (TrialState.RUNNING,))
-            waiting = _count(study, (TrialState.WAITING,))
-            if finished >= p.cap or _count(study, (TrialState.FAIL,)) >= p.cap:
+            states = Counter(t.state for t in study.get_trials(deepcopy=False))
+            finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+            running, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
+            if finished >= p.cap or states[TrialState.FAIL] >= p.cap:
                 break
             if finished + running >= p.cap and not waiting:
                 if not heartbeat:
@@ -574,13 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         if created:
             _log_study_inputs(p)
         close_orphan_runs(p)
-        if args.workers > 1:
-            code = run_workers(args)
-            if code:
-                status = "KILLED" if code == 130 else "FAILED"
-                return code
-        else:
-            run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=args.quiet)
+        code = run_workers(p, args)
+        if code:
+            status = "KILLED" if code == 130 else "FAILED"
+            return code
         if not any(t.state == TrialState.COMPLETE for t in p.study.trials):
             print("error: no trial completed; see the failed trials in MLflow", file=sys.stderr)
             return 1
@@ -612,24 +611,26 @@ def make_objective(p: Prepared, args: argparse.Namespace) -> Objective:
 # --- several workers on one machine --------------------------------------------------------
 
 
-def run_workers(args: argparse.Namespace) -> int:
-    """`--workers N`: N processes, each with its own copy of the data on its device, share the
-    study's cap through the storage. Returns 0, or the first failing worker's exit code."""
+def run_workers(p: Prepared, args: argparse.Namespace) -> int:
+    """Run the trial loop here and, for `--workers N`, in N - 1 more processes, each with its own
+    copy of the data on its device; all share the study's cap through the storage. Returns 0, or
+    the first failing worker's exit code (130 for Ctrl-C)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
-    argv = _worker_argv(args)
-    workers = [context.Process(target=_worker, args=(argv,), name=f"worker-{i}") for i in range(args.workers)]
-    for w in workers:
-        w.start()
+    helpers = [context.Process(target=_worker, args=(_worker_argv(args),), name=f"worker-{i}")
+               for i in range(1, args.workers)]
+    for w in helpers:
+        w.start()  # their start-up (imports, data) overlaps with this process's first trials
     try:
-        for w in workers:
-            w.join()
-    except KeyboardInterrupt:  # the workers got the same SIGINT: let them close their trials
-        for w in workers:
+        run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=args.quiet)
+    except KeyboardInterrupt:  # the helpers got the same SIGINT: let them close their trials
+        for w in helpers:
             w.join()
         raise
-    codes = [w.exitcode for w in workers]
+    for w in helpers:
+        w.join()
+    codes = [w.exitcode for w in helpers]
     return next((130 if c in (130, -2) else c for c in codes if c), 0)
 
 
@@ -650,7 +651,7 @@ def _worker(argv: list[str]) -> None:
     try:
         p = prepare(args)
         attach_parent(p, {})
-        run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=args.quiet)
+        run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=True)
     except KeyboardInterrupt:
         sys.exit(130)
 
