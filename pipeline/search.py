@@ -347,7 +347,7 @@ class Prepared:
     cap: int
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
+def prepare(args: argparse.Namespace, tracker_wait: float = 0.0) -> Prepared:
     """Check everything that can be checked before touching MLflow or the study, in that order,
     so that a bad flag, file or server leaves no trace anywhere."""
     space_path = Path(args.config)
@@ -370,7 +370,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     ratings = ingest.load(args.dataset or space.dataset)
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
-    tracker = Tracker.connect(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    tracker = Tracker.connect(resolve_tracking_uri(args.tracking_uri), args.experiment, wait=tracker_wait)
     storage = database or open_storage(args.storage)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
@@ -649,7 +649,7 @@ def _worker(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     _quiet_libraries()
     try:
-        p = prepare(args)
+        p = prepare(args, tracker_wait=60.0)  # the study is under way: ride out a short outage
         attach_parent(p, {})
         run_trials(p, make_objective(p, args), timeout=args.timeout or p.space.timeout, quiet=True)
     except KeyboardInterrupt:

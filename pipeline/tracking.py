@@ -97,20 +97,26 @@ class Tracker:
         self.parent_id: str | None = None
 
     @classmethod
-    def connect(cls, tracking_uri: str, experiment: str) -> Tracker:
+    def connect(cls, tracking_uri: str, experiment: str, wait: float = 0.0) -> Tracker:
         """Check the server (or create the database: once, before any worker starts, because
-        concurrent first-time migrations race) and get or create the experiment."""
+        concurrent first-time migrations race) and get or create the experiment. `wait`: seconds
+        to keep trying a server that does not answer (a worker joining during an outage)."""
         if tracking_uri.startswith(("http://", "https://")):
             # Retry transient errors for ~30 s (1+2+4+8+16), then fail the trial with the reason,
             # instead of MLflow's default of minutes.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            try:
-                with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
-                    response.read()
-            except (urllib.error.URLError, OSError) as exc:
-                raise TrackingError(f"cannot reach the MLflow tracking server at {tracking_uri} ({exc})") from None
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
+                        response.read()
+                    break
+                except (urllib.error.URLError, OSError) as exc:
+                    if time.monotonic() > deadline:
+                        raise TrackingError(f"cannot reach the MLflow tracking server at {tracking_uri} ({exc})") from None
+                    time.sleep(1.0)
         # MLflow's INFO chatter (table creation, "Created version") and download bars: our own
         # summary says what happened.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
