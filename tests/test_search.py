@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -301,3 +302,18 @@ def test_ctrl_c_closes_everything_and_a_rerun_resumes(ws):
     complete = [r for r in ws.runs() if r.data.tags.get("optuna.state") == "COMPLETE"]
     assert len(complete) == 3
     assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
+
+
+def test_the_same_command_gives_the_same_study(tmp_path, monkeypatch):
+    results = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        ws = Workspace(folder)
+        assert ws.search("--n-trials", "6") == 0
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+        study = optuna.load_study(study_name=ws.parents()[0].data.tags["optuna.study_name"], storage=storage)
+        results.append([(t.params, t.state, t.value, t.intermediate_values) for t in study.trials]
+                       + [ws.parents()[0].data.metrics["test_rmse"]])
+    assert results[0] == results[1]
