@@ -42,7 +42,8 @@ def main() -> None:
         out = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{tmp}/optuna.journal"))
-        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+        name = next(n for n in optuna.get_all_study_names(storage) if ":" not in n)  # not the claim markers
+        study = optuna.load_study(study_name=name, storage=storage)
         summary = study.user_attrs["summary"]
     print(out.stdout)
     record = {"date": time.strftime("%Y-%m-%d"), "split_seed": args.split_seed, "config": space.name,

@@ -110,12 +110,13 @@ def cache_dir() -> Path:
 
 
 def load(source: str | os.PathLike, **options) -> Ratings:
-    """One entry point: a MovieLens name, `synthetic`, or a path to a ratings file."""
+    """One entry point: a MovieLens name, `synthetic` (options inline for command lines:
+    `synthetic:n_users=162541,n_items=59047,n_ratings=25000095`), or a path to a ratings file."""
     name = str(source)
     if name in MOVIELENS:
         return movielens(name, **options)
-    if name == "synthetic":
-        return synthetic(**options)
+    if name == "synthetic" or name.startswith("synthetic:"):
+        return synthetic(**_synthetic_options(name), **options)
     if Path(name).exists() or any(sep in name for sep in "/\\") or Path(name).suffix:
         return read_file(name, **options)
     raise IngestError(
@@ -382,6 +383,21 @@ def _with(ratings: Ratings, **changes) -> Ratings:
 
 
 # --- synthetic -------------------------------------------------------------------------------
+
+
+def _synthetic_options(spec: str) -> dict:
+    """`synthetic:key=value,...` -> keyword arguments of `synthetic` (ints or floats)."""
+    allowed = ("n_users", "n_items", "n_ratings", "rank", "noise", "seed")
+    options = {}
+    for item in filter(None, spec.partition(":")[2].split(",")):
+        key, _, value = item.partition("=")
+        if key not in allowed:
+            raise IngestError(f"{spec}: unknown option {key!r}: expected key=value with key in {', '.join(allowed)}")
+        try:
+            options[key] = float(value) if key == "noise" else int(value)
+        except ValueError:
+            raise IngestError(f"{spec}: {key}={value!r}: expected a number") from None
+    return options
 
 
 def synthetic(

@@ -94,8 +94,8 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -
     if not attrs:
         for key, value in expected.items():
             study.set_user_attr(key, value)
-        # Trial 0: the d2l tutorial's configuration, so every study shows the reference point.
-        study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+        if space.reference:  # trial 0: the d2l tutorial's configuration, the study's reference point
+            study.enqueue_trial({}, user_attrs={"reference": "d2l"})
     return study
 
 
@@ -467,11 +467,14 @@ def finish(p: Prepared, args: argparse.Namespace, quiet: bool) -> dict:
     best = study.best_trial
     model, test = refit(p, best.user_attrs["config"], best.user_attrs["best_epoch"], args.seed)
     trials = {t.number: t for t in study.trials}
-    seed_trial = next((t for t in trials.values() if t.user_attrs.get("reference") == "d2l"), None)
-    seed_epochs = seed_trial.user_attrs.get("best_epoch", 20) if seed_trial else 20
-    _, seed_test = refit(p, TrainConfig().to_dict(), seed_epochs, args.seed)
     dims = (p.data.n_users, p.data.n_items, p.ratings.rating_scale)
-    reference = baselines(p.data.part("train+valid"), p.data.part("test"), *dims)
+    reference = {k: {"test_rmse": m.rmse, "test_mae": m.mae}
+                 for k, m in baselines(p.data.part("train+valid"), p.data.part("test"), *dims).items()}
+    seed_trial = next((t for t in trials.values() if t.user_attrs.get("reference") == "d2l"), None)
+    if p.space.reference:
+        seed_epochs = seed_trial.user_attrs.get("best_epoch", 20) if seed_trial else 20
+        _, seed_test = refit(p, TrainConfig().to_dict(), seed_epochs, args.seed)
+        reference = {"d2l_config": {"test_rmse": seed_test.rmse, "test_mae": seed_test.mae}, **reference}
 
     figures, skipped = _log_figures(p)
     tracker.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
@@ -479,17 +482,14 @@ def finish(p: Prepared, args: argparse.Namespace, quiet: bool) -> dict:
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
         "test_rmse": test.rmse, "test_mae": test.mae,
-        "reference": {"d2l_config": {"test_rmse": seed_test.rmse, "test_mae": seed_test.mae},
-                      **{k: {"test_rmse": m.rmse, "test_mae": m.mae} for k, m in reference.items()}},
+        "reference": reference,
         "trials": {s.name.lower(): sum(t.state == s for t in trials.values()) for s in TrialState},
         "plots": figures, "plots_skipped": skipped,
     }
     tracker.log_parent(
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
         metrics={"best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
-                 "reference.d2l_test_rmse": seed_test.rmse, "reference.d2l_test_mae": seed_test.mae,
-                 **{f"reference.{k}_test_rmse": m.rmse for k, m in reference.items()},
-                 **{f"reference.{k}_test_mae": m.mae for k, m in reference.items()}},
+                 **{f"reference.{k}_test_{m}": v[f"test_{m}"] for k, v in reference.items() for m in ("rmse", "mae")}},
         tags={"best_trial": best.number})
     uri, version, alias = _log_and_register(p, model, test.rmse, args.register_as)
     summary.update(model_uri=uri, registered=f"models:/{args.register_as}/{version}" if version else None,

@@ -126,6 +126,9 @@ class SearchSpace(_Strict):
     pruner: PrunerSpec = PrunerSpec()
     trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
+    reference: bool = True
+    """Enqueue the d2l tutorial's configuration as trial 0 (and refit it for the summary). Its 20
+    epochs can dominate a short study of a large dataset: turn it off there."""
     name: str = "custom"
     """The file's stem: part of the default study name."""
 

@@ -193,3 +193,12 @@ def test_synthetic_is_seeded_and_has_the_requested_shape():
     assert a.frame["rating"].between(1, 5).all()
     with pytest.raises(IngestError, match="n_ratings"):
         ingest.synthetic(10, 10, 101)
+
+
+def test_synthetic_options_inline_for_the_command_line():
+    r = ingest.load("synthetic:n_users=50,n_items=40,n_ratings=300,seed=2")
+    assert len(r) == 300 and r.frame["user_id"].max() < 50
+    with pytest.raises(IngestError, match="unknown option 'users'"):
+        ingest.load("synthetic:users=5")
+    with pytest.raises(IngestError, match="n_items='many'"):
+        ingest.load("synthetic:n_items=many")

@@ -94,7 +94,7 @@ def test_the_parent_run_carries_the_study(done):
     tags, metrics = parent.data.tags, parent.data.metrics
     for key in ("data.fingerprint", "split.fingerprint", "git.commit", "version.torch", "version.optuna", "device"):
         assert tags[key]
-    for key in ("best_valid_rmse", "test_rmse", "test_mae", "reference.d2l_test_rmse",
+    for key in ("best_valid_rmse", "test_rmse", "test_mae", "reference.d2l_config_test_rmse",
                 "reference.global_mean_test_rmse", "reference.biases_only_test_rmse"):
         assert np.isfinite(metrics[key])
     assert metrics["test_rmse"] < metrics["reference.global_mean_test_rmse"]
