@@ -356,14 +356,27 @@ def _ids(column: pd.Series, where: str, at) -> pd.Series:
 
 
 def _canonical(frame: pd.DataFrame, *, name: str, rating_scale, source: str) -> Ratings:
-    """Keep the latest rating of each (user, item) pair, sort, and fingerprint."""
-    n = len(frame)
-    # Stable sort on time: among equal timestamps the later line wins.
-    frame = frame.sort_values("timestamp", kind="stable")
-    frame = frame.drop_duplicates(["user_id", "item_id"], keep="last")
-    frame = frame.sort_values(["user_id", "item_id"], kind="stable").reset_index(drop=True)
-    return Ratings(frame=frame, name=name, rating_scale=rating_scale, fingerprint=_fingerprint(frame),
-                   source=source, duplicates_dropped=n - len(frame))
+    """Sort by (user, item), keep the latest rating of each pair, and fingerprint.
+
+    One stable lexsort on (user, item, timestamp) does both jobs: duplicates end up adjacent with
+    the latest last (equal timestamps: the later line last). O(n log n) time, a few int64 arrays of
+    memory: ML-25M's 25 M rows stay within a few GiB."""
+    user, item = _order_key(frame["user_id"]), _order_key(frame["item_id"])
+    order = np.lexsort((frame["timestamp"].to_numpy(), item, user))
+    user, item = user[order], item[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (user[1:] != user[:-1]) | (item[1:] != item[:-1])
+    del user, item
+    kept = frame.iloc[order[last]].reset_index(drop=True)
+    return Ratings(frame=kept, name=name, rating_scale=rating_scale, fingerprint=_fingerprint(kept),
+                   source=source, duplicates_dropped=len(frame) - len(kept))
+
+
+def _order_key(ids: pd.Series) -> np.ndarray:
+    """Integers that sort like the ids: the ids themselves, or string ids' ranks."""
+    if pd.api.types.is_integer_dtype(ids):
+        return ids.to_numpy()
+    return pd.factorize(ids, sort=True)[0]
 
 
 def _fingerprint(frame: pd.DataFrame) -> str:
@@ -373,7 +386,7 @@ def _fingerprint(frame: pd.DataFrame) -> str:
         if values.dtype == object or pd.api.types.is_string_dtype(values):
             digest.update("\0".join(values.astype(str)).encode())
         else:
-            digest.update(np.ascontiguousarray(values.to_numpy()).tobytes())
+            digest.update(memoryview(np.ascontiguousarray(values.to_numpy())))
         digest.update(col.encode())
     return digest.hexdigest()
 
@@ -423,17 +436,19 @@ def synthetic(
     keys = np.empty(0, dtype=np.int64)
     while len(keys) < n_ratings:  # few rounds: collisions are rare unless the matrix is dense
         draw = rng.integers(0, n_users * n_items, size=int((n_ratings - len(keys)) * 1.05) + 16)
-        keys = np.concatenate([keys, draw])
-        _, first = np.unique(keys, return_index=True)
-        keys = keys[np.sort(first)]
-    keys = keys[:n_ratings]
+        keys = np.unique(np.concatenate([keys, draw]))  # sorted: ends up in (user, item) order
+    if len(keys) > n_ratings:  # drop the surplus at random positions (a few %)
+        keys = np.delete(keys, rng.choice(len(keys), len(keys) - n_ratings, replace=False))
     users, items = keys // n_items, keys % n_items
     p = rng.normal(0, rank**-0.25, (n_users, rank)).astype(np.float32)
     q = rng.normal(0, rank**-0.25, (n_items, rank)).astype(np.float32)
     bu, bi = rng.normal(0, 0.3, n_users), rng.normal(0, 0.3, n_items)
     mid = sum(rating_scale) / 2
-    signal = np.einsum("nk,nk->n", p[users], q[items]) + bu[users] + bi[items] + mid
-    rating = np.clip(signal + rng.normal(0, noise, n_ratings), *rating_scale).astype(np.float32)
+    rating = np.empty(n_ratings, dtype=np.float32)
+    for lo in range(0, n_ratings, 1 << 20):  # chunks: p[users] whole would be n_ratings × rank floats
+        u, i = users[lo : lo + (1 << 20)], items[lo : lo + (1 << 20)]
+        signal = np.einsum("nk,nk->n", p[u], q[i]) + bu[u] + bi[i] + mid
+        rating[lo : lo + len(u)] = np.clip(signal + rng.normal(0, noise, len(u)), *rating_scale)
     frame = pd.DataFrame({"user_id": users, "item_id": items, "rating": rating,
                           "timestamp": rng.integers(0, 10**9, n_ratings)})
     name = f"synthetic-{n_users}x{n_items}-{n_ratings}-r{rank}-s{seed}"

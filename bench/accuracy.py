@@ -1,0 +1,120 @@
+"""Accuracy on ml-100k over three split seeds, everyone on the same test rows.
+
+    python bench/accuracy.py [--seeds 0 1 2] [--n-iter 200] [--skip-search]
+
+Per split seed (random 80/10/10): the d2l configuration with our trainer (early stop on valid, refit
+on train+valid), the global-mean and biases-only baselines, Surprise SVD with its defaults, SVD tuned
+by Surprise's own RandomizedSearchCV (`n-iter` configurations, 3-fold CV on train+valid, as many as
+our default study's trials), and our default search (`python -m pipeline.search`, refit champion).
+Everything is fitted on the same train+valid rows and scored on the same test rows. Prints
+mean ± sd and writes bench/results/accuracy.json. Needs the `bench` extra (scikit-surprise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from pipeline import ingest
+from pipeline.evaluate import baselines, evaluate
+from pipeline.split import split
+from pipeline.trainer import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def surprise_rows(data):
+    from surprise import Dataset, Reader
+
+    frame = data.ratings.frame
+    fit_rows = frame.iloc[np.concatenate([data.train_rows, data.valid_rows])][["user_id", "item_id", "rating"]]
+    test_rows = frame.iloc[data.test_rows][["user_id", "item_id", "rating"]]
+    dataset = Dataset.load_from_df(fit_rows, Reader(rating_scale=data.ratings.rating_scale))
+    return dataset, list(test_rows.itertuples(index=False, name=None))
+
+
+def surprise_scores(algo, testset) -> tuple[float, float]:
+    from surprise import accuracy
+
+    predictions = algo.test(testset)
+    return accuracy.rmse(predictions, verbose=False), accuracy.mae(predictions, verbose=False)
+
+
+def one_seed(seed: int, n_iter: int, run_search: bool) -> dict:
+    from surprise import SVD
+    from surprise.model_selection import RandomizedSearchCV
+
+    ratings = ingest.load("ml-100k")
+    data = split(ratings, seed=seed)
+    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    rows = {}
+    first = fit(data.part("train"), TrainConfig(), valid=data.part("valid"), seed=seed, **dims)
+    refit = fit(data.part("train+valid"), dataclasses.replace(TrainConfig(), epochs=first.best_epoch), seed=seed, **dims)
+    m = evaluate(refit.model, data.part("test"))
+    rows["d2l config, our trainer"] = (m.rmse, m.mae)
+    for name, b in baselines(data.part("train+valid"), data.part("test"), data.n_users, data.n_items,
+                             ratings.rating_scale).items():
+        rows[name.replace("_", " ")] = (b.rmse, b.mae)
+
+    dataset, testset = surprise_rows(data)
+    trainset = dataset.build_full_trainset()
+    rows["Surprise SVD, defaults"] = surprise_scores(SVD(random_state=seed).fit(trainset), testset)
+    start = time.perf_counter()
+    search = RandomizedSearchCV(SVD, {
+        "n_factors": stats.randint(10, 200), "n_epochs": stats.randint(10, 60),
+        "lr_all": stats.loguniform(1e-3, 3e-2), "reg_all": stats.loguniform(1e-2, 2e-1),
+        "init_std_dev": stats.loguniform(1e-2, 2e-1)}, n_iter=n_iter, measures=["rmse"], cv=3, refit=True,
+        random_state=seed, n_jobs=1)
+    search.fit(dataset)
+    tuned_seconds = time.perf_counter() - start
+    rows["Surprise SVD, RandomizedSearchCV"] = surprise_scores(search.best_estimator["rmse"], testset)
+    out = {"seed": seed, "rows": rows, "surprise_search_seconds": tuned_seconds,
+           "surprise_best_params": search.best_params["rmse"]}
+    if run_search:
+        import search_default
+
+        record = search_default.run_default(seed)
+        rows["pipeline default search (refit champion)"] = (record["test_rmse"], record["test_mae"])
+        out["search_seconds"] = record["wall_seconds"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-iter", type=int, default=200)
+    p.add_argument("--skip-search", action="store_true")
+    args = p.parse_args()
+    results = [one_seed(seed, args.n_iter, not args.skip_search) for seed in args.seeds]
+    names = list(results[0]["rows"])
+    print(f"ml-100k, split seeds {args.seeds}, test RMSE / MAE, mean ± sd")
+    table = {}
+    for name in names:
+        rmse = [r["rows"][name][0] for r in results]
+        mae = [r["rows"][name][1] for r in results]
+        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        table[name] = {"rmse_mean": statistics.mean(rmse), "rmse_sd": sd(rmse), "mae_mean": statistics.mean(mae),
+                       "mae_sd": sd(mae), "rmse_per_seed": rmse}
+        print(f"{name:<44} {statistics.mean(rmse):.4f} ± {sd(rmse):.4f}   {statistics.mean(mae):.4f} ± {sd(mae):.4f}"
+              f"   per seed {', '.join(f'{x:.4f}' for x in rmse)}")
+    for r in results:
+        print(f"seed {r['seed']}: Surprise RandomizedSearchCV {r['surprise_search_seconds']:.0f} s"
+              + (f", pipeline search {r['search_seconds']:.0f} s" if "search_seconds" in r else ""))
+    path = Path(__file__).parent / "results" / "accuracy.json"
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "n_iter": args.n_iter,
+                                "table": table, "runs": results,
+                                "command": "python bench/accuracy.py " + " ".join(sys.argv[1:])}, indent=2,
+                               default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
