@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seed_port import train_seed_port  # noqa: E402
@@ -62,7 +61,7 @@ def main() -> None:
         sgd = TrainConfig(factors=k, optimizer="sparse_sgd", lr=0.005, weight_decay=0.0, l2=0.02, init_std=0.1,
                           epochs=args.epochs)  # Surprise's defaults: lr 0.005, reg 0.02, init std 0.1
         for name, config in [("pipeline, d2l config", TrainConfig(factors=k, epochs=args.epochs)),
-                             *[(f"pipeline sparse_sgd", dataclasses.replace(sgd, batch_size=b)) for b in (256, 1024, 4096)]]:
+                             *[("pipeline sparse_sgd", dataclasses.replace(sgd, batch_size=b)) for b in (256, 1024, 4096)]]:
             fit(train, dataclasses.replace(config, epochs=1), **dims)  # warm-up
             result = fit(train, config, **dims)
             rows.append({"factors": k, "trainer": name, "batch_size": config.batch_size,

@@ -312,12 +312,7 @@ def _validate(frame: pd.DataFrame, where: str, first_line: int | None, *, name: 
     if len(frame) == 0:
         raise IngestError(f"{where}: empty file: expected at least one rating")
     out = pd.DataFrame({"user_id": _ids(frame["user_id"], where, at), "item_id": _ids(frame["item_id"], where, at)})
-    rating = pd.to_numeric(frame["rating"], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(rating)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise IngestError(f"{where}: {at(row)}, column 'rating': {frame['rating'].iloc[row]!r} is not a "
-                          "finite number: expected a numeric rating")
+    rating = _numbers(frame["rating"], where, at, "is not a finite number: expected a numeric rating")
     low, high = rating_scale if rating_scale is not None else (float(rating.min()), float(rating.max()))
     if not low <= high:
         raise IngestError(f"rating_scale: low {low} > high {high}")
@@ -328,16 +323,21 @@ def _validate(frame: pd.DataFrame, where: str, first_line: int | None, *, name: 
                           f"scale: expected {low:g} <= rating <= {high:g}")
     out["rating"] = rating.astype(np.float32)
     if "timestamp" in frame.columns:
-        ts = pd.to_numeric(frame["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(ts)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise IngestError(f"{where}: {at(row)}, column 'timestamp': {frame['timestamp'].iloc[row]!r}: "
-                              "expected a number (seconds since the epoch)")
-        out["timestamp"] = ts.astype(np.int64)
+        out["timestamp"] = _numbers(frame["timestamp"], where, at,
+                                    "is not a number: expected seconds since the epoch").astype(np.int64)
     else:
         out["timestamp"] = np.zeros(len(out), dtype=np.int64)
     return _canonical(out, name=name, rating_scale=(float(low), float(high)), source=where)
+
+
+def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
+    """The column as float64; the first value that is not a finite number is an error."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {column.iloc[row]!r} {problem}")
+    return values
 
 
 def _ids(column: pd.Series, where: str, at) -> pd.Series:

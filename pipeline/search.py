@@ -91,11 +91,11 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -
             raise SearchError(
                 f"study {name!r} was created for another {key.split('_')[0]} ({key} {attrs[key][:12]}…, "
                 f"this run's {value[:12]}…): pass a new --study-name, or the original search space and data")
-    if not attrs:
-        for key, value in expected.items():
-            study.set_user_attr(key, value)
+    if not attrs and claim(study, "init"):  # once, however many workers start together
         if space.reference:  # trial 0: the d2l tutorial's configuration, the study's reference point
             study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
     return study
 
 
@@ -265,7 +265,6 @@ def _end_quietly(run, status: str, tags: dict) -> None:
         run.end(status, tags=tags)
     except TrackingError as exc:
         print(f"warning: could not close MLflow run {run.run_id}: {exc}", file=sys.stderr)
-
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -461,7 +460,7 @@ def refit(p: Prepared, config: dict, epochs: int, seed: int) -> tuple:
     return result.model, evaluate(result.model, p.data.part("test").to(p.device))
 
 
-def finish(p: Prepared, args: argparse.Namespace, quiet: bool) -> dict:
+def finish(p: Prepared, args: argparse.Namespace) -> dict:
     """Refit the best trial, test it, log plots, trials and the model, register it."""
     study, tracker = p.study, p.tracker
     best = study.best_trial
@@ -585,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         best = p.study.best_trial.number
         if claim(p.study, f"finish-{best}"):
-            summary = finish(p, args, args.quiet)
+            summary = finish(p, args)
             p.study.set_user_attr("summary", summary)
             status = "FINISHED"
         else:  # another worker (or an earlier run) refits and registers this best trial

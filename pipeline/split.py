@@ -40,10 +40,6 @@ class Interactions:
             return self
         return Interactions(*(t.to(device) for t in (self.users, self.items, self.ratings)))
 
-    @staticmethod
-    def concat(*parts: Interactions) -> Interactions:
-        return Interactions(*(torch.cat(ts) for ts in zip(*((p.users, p.items, p.ratings) for p in parts))))
-
 
 @dataclass(frozen=True, eq=False)
 class Split:

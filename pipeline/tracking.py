@@ -168,9 +168,6 @@ class Tracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.parent_id, figure, artifact_file)
 
-    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.parent_id, str(path), artifact_path)
-
     def log_dataset(self, frame, name: str, digest: str, source: str, context: str) -> None:
         """One `mlflow.data` input of the parent run (schema, row count and our digest)."""
         with warnings.catch_warnings():  # schema-inference hints about int columns: not actionable here
