@@ -32,6 +32,25 @@ def peak_rss_gib(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 2**20  # KiB on Linux
 
 
+def run_watching_memory(command: list[str], cwd: str) -> tuple[int, float, str]:
+    """Run `command`; sample its RSS every 0.1 s (getrusage's children figure would include this
+    process's own pages, inherited at fork). Returns (exit code, peak GiB, output)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, watched.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.1)
+        process.wait()
+        log.seek(0)
+        return process.returncode, peak / 2**30, log.read()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -73,12 +92,12 @@ def main() -> None:
             command = [sys.executable, "-m", "pipeline.search", "--config", "scale", "--quiet", "--device", args.device,
                        "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--storage", f"{tmp}/optuna.journal"]
             start = time.perf_counter()
-            out = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+            returncode, peak, stdout = run_watching_memory(command, tmp)
             record["study_seconds"] = time.perf_counter() - start
-            record["study_returncode"] = out.returncode
-            record["study_peak_rss_gib"] = peak_rss_gib(resource.RUSAGE_CHILDREN)
-            print(out.stdout[-2500:], out.stderr[-2500:])
-            print(f"short study: rc {out.returncode}, {record['study_seconds']:.0f} s, "
+            record["study_returncode"] = returncode
+            record["study_peak_rss_gib"] = peak
+            print(stdout[-2500:])
+            print(f"short study: rc {returncode}, {record['study_seconds']:.0f} s, "
                   f"peak RSS {record['study_peak_rss_gib']:.2f} GiB")
     path = Path(__file__).parent / "results" / f"scale-{torch.device(args.device).type}.json"
     path.write_text(json.dumps(record, indent=2))
