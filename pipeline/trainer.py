@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from pipeline.evaluate import squared_error_sum
@@ -111,6 +112,31 @@ class FitResult:
     stopped_early: bool = False
 
 
+def _compiled_epoch(model, train, offset_t, l2, config):
+    """sparse_sgd's epoch as the numba loop over the same tensors' memory (CPU only), or None
+    where it does not apply (another device, numba missing)."""
+    if model.users.device.type != "cpu":
+        return None
+    try:
+        from pipeline import _sgd_kernel
+    except ImportError:  # numba is a dependency; a broken install falls back to the tensor path
+        return None
+    width = model.users.shape[1]
+    zeros = torch.zeros(width)
+    l2_users, l2_items = (t.cpu().numpy() for t in l2) if l2 is not None else (zeros.numpy(), zeros.numpy())
+    train_users, train_items = np.ones(width, np.float32), np.ones(width, np.float32)
+    train_users[config.factors + 1] = train_items[config.factors] = 0.0  # the constant 1 columns
+    tables = model.users.detach().numpy(), model.items.detach().numpy()  # shared memory, updated in place
+    data = train.users.numpy(), train.items.numpy(), offset_t.numpy()
+    buffers = _sgd_kernel.scratch(config.batch_size, width)
+
+    def epoch(perm: torch.Tensor, lr: float) -> float:
+        return _sgd_kernel.sgd_epoch(*tables, *data, perm.numpy(), config.batch_size, np.float32(lr),
+                                     l2_users, l2_items, train_users, train_items, *buffers)
+
+    return epoch
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -158,11 +184,13 @@ def fit(
     device: torch.device | str | None = None,
     callback: EpochCallback | None = None,
     threads: int | None = 1,
+    compiled: bool = True,
 ) -> FitResult:
     """Train biased MF on `train` (rows already encoded against n_users / n_items).
 
     valid: scored after every epoch (clamped RMSE) for the callback and early stopping.
     device: None -> cuda when available, else cpu. threads: CPU intra-op threads during the fit.
+    compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster).
     Raises TrainingDiverged at the first epoch whose train loss is not finite.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -176,11 +204,11 @@ def fit(
     model.reset_parameters(init_generator, config.init_std)
     result = FitResult(model=model)
     with _cpu_threads(device, threads):
-        _train(model, train, valid, config, generator, callback, result)
+        _train(model, train, valid, config, generator, callback, result, compiled)
     return result
 
 
-def _train(model, train, valid, config, generator, callback, result) -> None:
+def _train(model, train, valid, config, generator, callback, result, compiled) -> None:
     users_t, items_t, ratings_t = train.users, train.items, train.ratings
     n, batch = len(train), config.batch_size
     U, V = model.users, model.items
@@ -197,6 +225,7 @@ def _train(model, train, valid, config, generator, callback, result) -> None:
         l2_users = torch.full((U.shape[1],), config.l2, device=U.device)
         l2_users[-2:] = torch.tensor([l2_bias, 0.0])
         l2 = (l2_users, l2_users[torch.tensor([*range(config.factors), -1, -2])])
+    kernel = _compiled_epoch(model, train, offset_t, l2, config) if sparse and compiled else None
     best_rmse, best_state, since_best = math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
         lr = config.lr * config.lr_decay ** (epoch - 1)
@@ -207,7 +236,9 @@ def _train(model, train, valid, config, generator, callback, result) -> None:
         loss_sum = torch.zeros((), device=U.device)
         perm = torch.randperm(n, device=U.device, generator=generator)
         with torch.no_grad():
-            for lo in range(0, n, batch):
+            if kernel is not None:
+                loss_sum += kernel(perm, lr)
+            for lo in range(0, n if kernel is None else 0, batch):
                 idx = perm[lo : lo + batch]
                 users, items = users_t[idx], items_t[idx]
                 pu, qi = U[users], V[items]

@@ -111,3 +111,15 @@ def test_trains_on_cuda(small_split, cuda):
     result = fit(small_split.part("train"), TrainConfig(factors=8, epochs=2), valid=small_split.part("valid"),
                  device=cuda, n_users=small_split.n_users, n_items=small_split.n_items, rating_scale=(1.0, 5.0))
     assert result.model.users.device.type == "cuda" and math.isfinite(result.best_valid_rmse)
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, 1000])
+def test_the_compiled_sparse_sgd_loop_matches_the_tensor_path(small_split, batch_size):
+    config = TrainConfig(factors=6, optimizer="sparse_sgd", lr=0.01, weight_decay=0.0, l2=0.05, l2_bias=0.01,
+                         epochs=3, batch_size=batch_size, init_std=0.1)
+    compiled = _fit(small_split, config, compiled=True)
+    tensors = _fit(small_split, config, compiled=False)
+    for a, b in zip(compiled.history, tensors.history):
+        assert a[1] == pytest.approx(b[1], rel=1e-4) and a[2] == pytest.approx(b[2], rel=1e-4)
+    torch.testing.assert_close(compiled.model.users, tensors.model.users, atol=1e-4, rtol=1e-3)
+    assert (compiled.model.users[:, 7] == 1).all() and (compiled.model.items[:, 6] == 1).all()
