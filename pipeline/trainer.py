@@ -238,28 +238,29 @@ def _train(model, train, valid, config, generator, callback, result, compiled) -
         with torch.no_grad():
             if kernel is not None:
                 loss_sum += kernel(perm, lr)
-            for lo in range(0, n if kernel is None else 0, batch):
-                idx = perm[lo : lo + batch]
-                users, items = users_t[idx], items_t[idx]
-                pu, qi = U[users], V[items]
-                err = (pu * qi).sum(1) + offset_t[idx]  # (B,)
-                loss_sum += err.dot(err)
-                # d/dp_u of err²/2 is err·q_i (and the constant columns' gradients are discarded).
-                # Dense optimizers see the batch mean; sparse_sgd the sum (lr per example).
-                scale = 1.0 if sparse else 1.0 / idx.shape[0]
-                g = err.mul_(scale).unsqueeze_(1)
-                grad_u, grad_i = qi * g, pu * g
-                if l2 is not None:
-                    grad_u.addcmul_(pu, l2[0], value=scale)
-                    grad_i.addcmul_(qi, l2[1], value=scale)
-                if sparse:
-                    U.index_add_(0, users, grad_u, alpha=-lr)
-                    V.index_add_(0, items, grad_i, alpha=-lr)
-                else:
-                    U.grad.zero_().index_add_(0, users, grad_u)
-                    V.grad.zero_().index_add_(0, items, grad_i)
-                    optimizer.step()
-                model.restore_constants()
+            else:
+                for lo in range(0, n, batch):
+                    idx = perm[lo : lo + batch]
+                    users, items = users_t[idx], items_t[idx]
+                    pu, qi = U[users], V[items]
+                    err = (pu * qi).sum(1) + offset_t[idx]  # (B,)
+                    loss_sum += err.dot(err)
+                    # d/dp_u of err²/2 is err·q_i (and the constant columns' gradients are discarded).
+                    # Dense optimizers see the batch mean; sparse_sgd the sum (lr per example).
+                    scale = 1.0 if sparse else 1.0 / idx.shape[0]
+                    g = err.mul_(scale).unsqueeze_(1)
+                    grad_u, grad_i = qi * g, pu * g
+                    if l2 is not None:
+                        grad_u.addcmul_(pu, l2[0], value=scale)
+                        grad_i.addcmul_(qi, l2[1], value=scale)
+                    if sparse:
+                        U.index_add_(0, users, grad_u, alpha=-lr)
+                        V.index_add_(0, items, grad_i, alpha=-lr)
+                    else:
+                        U.grad.zero_().index_add_(0, users, grad_u)
+                        V.grad.zero_().index_add_(0, items, grad_i)
+                        optimizer.step()
+                    model.restore_constants()
         # One CPU-GPU sync point per epoch: the loss (and below, the valid RMSE).
         train_mse = (loss_sum / n).item()
         result.train_seconds += time.perf_counter() - start
