@@ -57,13 +57,17 @@ def pg_database():
 class Study:
     """A ratings file, a search space and the commands that run workers on them."""
 
-    def __init__(self, root: Path, storage: str, tracking_uri: str, cap: int, epochs: int = 6, batch: int = 256):
+    def __init__(self, root: Path, storage: str, tracking_uri: str, cap: int, epochs: int = 6, batch: int = 256,
+                 optimizer: str | None = None):
         self.root, self.storage, self.tracking_uri, self.cap = root, storage, tracking_uri, cap
         self.data = root / "ratings.csv"
         ingest.synthetic(300, 200, 15_000, rank=4, noise=0.3, seed=4).frame.to_csv(self.data, index=False)
         raw = yaml.safe_load((SEARCH_SPACES / "quick.yaml").read_text())
         raw.update(epochs=epochs, pruner={"type": "none"}, trials=cap)
         raw["params"]["batch_size"] = {"type": "fixed", "value": batch}
+        if optimizer:  # "adam" (the dense tensor path) makes slow trials, for signals mid-trial
+            raw["params"]["optimizer"] = {"type": "fixed", "value": optimizer}
+            raw["params"]["lr"] = {"type": "fixed", "value": 0.002}
         self.space = root / "space.yaml"
         self.space.write_text(yaml.safe_dump(raw))
         self.env = {**os.environ, "PIPELINE_HEARTBEAT": "1", "PIPELINE_GRACE": "4", "PYTHONUNBUFFERED": "1",
@@ -133,7 +137,7 @@ def test_two_workers_share_one_capped_study(tmp_path, pg_database):
 
 
 def test_a_killed_worker_is_failed_retried_and_its_run_closed(tmp_path, pg_database):
-    s = Study(tmp_path, _optuna_url(pg_database), _sqlite(tmp_path), cap=8, epochs=60, batch=64)
+    s = Study(tmp_path, _optuna_url(pg_database), _sqlite(tmp_path), cap=8, epochs=60, batch=64, optimizer="adam")
     victim, survivor = s.start(), s.start("--quiet")
     for line in victim.stderr:  # after its first trial ends, the victim is in the middle of its next
         if "trials |" in line:
@@ -155,7 +159,7 @@ def test_a_killed_worker_is_failed_retried_and_its_run_closed(tmp_path, pg_datab
 @pytest.mark.parametrize("storage", ["postgresql", "journal"])
 def test_ctrl_c_then_rerun_resumes_to_the_cap(tmp_path, pg_database, storage):
     url = _optuna_url(pg_database) if storage == "postgresql" else str(tmp_path / "optuna.journal")
-    s = Study(tmp_path, url, _sqlite(tmp_path), cap=10, epochs=60, batch=64)
+    s = Study(tmp_path, url, _sqlite(tmp_path), cap=10, epochs=60, batch=64, optimizer="adam")
     workers = ["--workers", "2"] if storage == "journal" else []
     process = s.start(*workers)
     for line in process.stderr:
@@ -209,7 +213,8 @@ def _stop(server: subprocess.Popen) -> None:
 def test_a_tracking_server_that_goes_away_for_a_while(tmp_path, pg_database):
     port = _free_port()
     backend, artifacts = _optuna_url(pg_database), tmp_path / "server-artifacts"  # SQLAlchemy 2.1 defaults to psycopg 3
-    s = Study(tmp_path, _optuna_url(pg_database), f"http://127.0.0.1:{port}", cap=10, epochs=30, batch=64)
+    s = Study(tmp_path, _optuna_url(pg_database), f"http://127.0.0.1:{port}", cap=10, epochs=30, batch=64,
+              optimizer="adam")
     server = _start_server(backend, artifacts, port, s.env)
     try:
         process = s.start("--workers", "2")

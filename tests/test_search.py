@@ -275,11 +275,12 @@ def test_ctrl_c_closes_everything_and_a_rerun_resumes(ws):
     import signal
     import time
 
+    # Slow trials (dense Adam, small batches), so that the signal lands in the middle of one.
     slow = _write_space(ws.root, "slow", epochs=400, patience=None,
                         pruner={"type": "none"}, params={"factors": {"type": "fixed", "value": 64},
-                                                         "optimizer": {"type": "fixed", "value": "sparse_sgd"},
+                                                         "optimizer": {"type": "fixed", "value": "adam"},
                                                          "weight_decay": {"type": "fixed", "value": 0.0},
-                                                         "lr": {"type": "fixed", "value": 0.005},
+                                                         "lr": {"type": "fixed", "value": 0.0005},
                                                          "batch_size": {"type": "fixed", "value": 64}}, trials=3)
     argv = [a for a in ws.argv(config=slow) if a != "--quiet"]
     process = subprocess.Popen([sys.executable, "-m", "pipeline.search", *argv], cwd=ws.root,
