@@ -9,10 +9,11 @@ more than an epoch of ml-100k.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import warnings
 import time
+import warnings
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -284,7 +285,7 @@ def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
     extra = local / "extra_files"
     if not (extra / "seen.parquet").exists():
         raise TrackingError(f"{model_uri}: not a pipeline model (no extra_files/seen.parquet)")
-    info = __import__("json").loads((extra / "items.json").read_text())
+    info = json.loads((extra / "items.json").read_text())
     titles = {int(k) if k.lstrip("-").isdigit() else k: v for k, v in info["titles"].items()}
     return ModelBundle(uri=model_uri, scorer=mlflow.pytorch.load_model(str(local)),
                        seen=pd.read_parquet(extra / "seen.parquet"), titles=titles, dataset=info["dataset"])
