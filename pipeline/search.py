@@ -452,27 +452,30 @@ def _log_study_inputs(p: Prepared) -> None:
                       digest=f"{p.data.fingerprint[:16]}-{part}", source=p.ratings.source, context=part)
 
 
-def refit(p: Prepared, config: dict, epochs: int, seed: int) -> tuple:
-    """Train `config` on train+valid for `epochs` and score it on test once."""
+def refit(p: Prepared, fit_rows: Interactions, test_rows: Interactions, config: dict, epochs: int,
+          seed: int) -> tuple:
+    """Train `config` on `fit_rows` (train+valid) for `epochs` and score it on `test_rows` once."""
     dims = dict(n_users=p.data.n_users, n_items=p.data.n_items, rating_scale=p.ratings.rating_scale)
     conf = dataclasses.replace(TrainConfig(**config), epochs=max(epochs, 1), patience=None)
-    result = fit(p.data.part("train+valid"), conf, seed=seed, device=p.device, **dims)
-    return result.model, evaluate(result.model, p.data.part("test").to(p.device))
+    result = fit(fit_rows, conf, seed=seed, device=p.device, **dims)
+    return result.model, evaluate(result.model, test_rows)
 
 
 def finish(p: Prepared, args: argparse.Namespace) -> dict:
     """Refit the best trial, test it, log plots, trials and the model, register it."""
     study, tracker = p.study, p.tracker
     best = study.best_trial
-    model, test = refit(p, best.user_attrs["config"], best.user_attrs["best_epoch"], args.seed)
+    fit_rows, test_rows = p.data.part("train+valid"), p.data.part("test")  # encoded once, used thrice
+    model, test = refit(p, fit_rows, test_rows.to(p.device), best.user_attrs["config"],
+                        best.user_attrs["best_epoch"], args.seed)
     trials = {t.number: t for t in study.trials}
     dims = (p.data.n_users, p.data.n_items, p.ratings.rating_scale)
     reference = {k: {"test_rmse": m.rmse, "test_mae": m.mae}
-                 for k, m in baselines(p.data.part("train+valid"), p.data.part("test"), *dims).items()}
-    seed_trial = next((t for t in trials.values() if t.user_attrs.get("reference") == "d2l"), None)
+                 for k, m in baselines(fit_rows, test_rows, *dims).items()}
     if p.space.reference:
+        seed_trial = next((t for t in trials.values() if t.user_attrs.get("reference") == "d2l"), None)
         seed_epochs = seed_trial.user_attrs.get("best_epoch", 20) if seed_trial else 20
-        _, seed_test = refit(p, TrainConfig().to_dict(), seed_epochs, args.seed)
+        _, seed_test = refit(p, fit_rows, test_rows.to(p.device), TrainConfig().to_dict(), seed_epochs, args.seed)
         reference = {"d2l_config": {"test_rmse": seed_test.rmse, "test_mae": seed_test.mae}, **reference}
 
     figures, skipped = _log_figures(p)
