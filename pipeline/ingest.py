@@ -14,11 +14,13 @@ import os
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+
+from pipeline.ratings import COLUMNS, IngestError, Ratings, validate
+from pipeline.synthetic import synthetic, synthetic_options
 
 __all__ = [
     "MOVIELENS",
@@ -30,43 +32,6 @@ __all__ = [
     "read_file",
     "synthetic",
 ]
-
-COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-
-
-class IngestError(ValueError):
-    """Bad input: names the file, the line or column, the value and what was expected."""
-
-
-@dataclass(frozen=True, eq=False)
-class Ratings:
-    """A validated ratings table, sorted by (user_id, item_id), one row per pair.
-
-    `frame` columns: user_id, item_id (int64, or str where the source's ids are not integers),
-    rating (float32), timestamp (int64 seconds; 0 where the source has none).
-    `fingerprint` is the sha256 of that canonical table: the same data from two sources has one
-    fingerprint. `item_titles` maps item_id -> title where the source has titles.
-    """
-
-    frame: pd.DataFrame
-    name: str
-    rating_scale: tuple[float, float]
-    fingerprint: str
-    source: str = ""
-    duplicates_dropped: int = 0
-    item_titles: dict = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    @property
-    def n_users(self) -> int:
-        return self.frame["user_id"].nunique()
-
-    @property
-    def n_items(self) -> int:
-        return self.frame["item_id"].nunique()
-
 
 # GroupLens archives: the ratings member (found by file name), its format, the titles member, the
 # rating scale, and the md5 GroupLens publishes beside each zip (`<url>.md5`). ml-32m and
@@ -116,7 +81,7 @@ def load(source: str | os.PathLike, **options) -> Ratings:
     if name in MOVIELENS:
         return movielens(name, **options)
     if name == "synthetic" or name.startswith("synthetic:"):
-        return synthetic(**_synthetic_options(name), **options)
+        return synthetic(**synthetic_options(name), **options)
     if Path(name).exists() or any(sep in name for sep in "/\\") or Path(name).suffix:
         return read_file(name, **options)
     raise IngestError(
@@ -157,7 +122,7 @@ def _recbole_ml100k() -> Ratings | None:
     ratings = read_file(inter, name="ml-100k", rating_scale=MOVIELENS["ml-100k"].scale)
     items = pd.read_csv(inter.with_suffix(".item"), sep="\t", usecols=[0, 1], dtype=str)
     titles = dict(zip(pd.to_numeric(items.iloc[:, 0]).tolist(), items.iloc[:, 1].tolist()))
-    return _with(ratings, item_titles=titles)
+    return ratings.replace(item_titles=titles)
 
 
 def _download(name: str, target: Path) -> Path:
@@ -206,7 +171,7 @@ def _read_grouplens_zip(name: str, path: Path) -> Ratings:
         raise IngestError(f"{path}: cannot read ({exc})") from exc
     where = f"{path}:{spec.ratings}"
     ratings = _parse(io.BytesIO(data), spec.fmt, where, name=name, rating_scale=spec.scale)
-    return _with(ratings, item_titles=_parse_titles(titles, spec.fmt) if titles else {})
+    return ratings.replace(item_titles=_parse_titles(titles, spec.fmt) if titles else {})
 
 
 def _parse_titles(data: bytes, fmt: str) -> dict:
@@ -283,7 +248,7 @@ def _parse(source, fmt: str, where: str, *, name: str, rating_scale, columns=Non
         frame = _rename(frame, columns or {}, where)
     # Headed text files: data row j sits on line j + 2; headerless ones on line j + 1.
     first_line = None if fmt == "parquet" else (1 if headerless else 2)
-    return _validate(frame, where, first_line, name=name, rating_scale=rating_scale)
+    return validate(frame, where, first_line, name=name, rating_scale=rating_scale)
 
 
 def _rename(frame: pd.DataFrame, columns: dict[str, str], where: str) -> pd.DataFrame:
@@ -303,153 +268,3 @@ def _rename(frame: pd.DataFrame, columns: dict[str, str], where: str) -> pd.Data
                               "map yours with columns={...} (--columns on the command line)")
     keep = [c for c in COLUMNS if c in frame.columns]
     return frame[keep]
-
-
-def _validate(frame: pd.DataFrame, where: str, first_line: int | None, *, name: str, rating_scale) -> Ratings:
-    def at(row: int) -> str:
-        return f"line {first_line + row}" if first_line is not None else f"row {row}"
-
-    if len(frame) == 0:
-        raise IngestError(f"{where}: empty file: expected at least one rating")
-    out = pd.DataFrame({"user_id": _ids(frame["user_id"], where, at), "item_id": _ids(frame["item_id"], where, at)})
-    rating = _numbers(frame["rating"], where, at, "is not a finite number: expected a numeric rating")
-    low, high = rating_scale if rating_scale is not None else (float(rating.min()), float(rating.max()))
-    if not low <= high:
-        raise IngestError(f"rating_scale: low {low} > high {high}")
-    outside = (rating < low) | (rating > high)
-    if outside.any():
-        row = int(np.argmax(outside))
-        raise IngestError(f"{where}: {at(row)}, column 'rating': {rating[row]:g} is outside the rating "
-                          f"scale: expected {low:g} <= rating <= {high:g}")
-    out["rating"] = rating.astype(np.float32)
-    if "timestamp" in frame.columns:
-        out["timestamp"] = _numbers(frame["timestamp"], where, at,
-                                    "is not a number: expected seconds since the epoch").astype(np.int64)
-    else:
-        out["timestamp"] = np.zeros(len(out), dtype=np.int64)
-    return _canonical(out, name=name, rating_scale=(float(low), float(high)), source=where)
-
-
-def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
-    """The column as float64; the first value that is not a finite number is an error."""
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {column.iloc[row]!r} {problem}")
-    return values
-
-
-def _ids(column: pd.Series, where: str, at) -> pd.Series:
-    """Integer ids where every id is an integer, else strings (one type per column)."""
-    missing = column.isna().to_numpy()
-    if missing.any():
-        row = int(np.argmax(missing))
-        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: empty id: expected an id")
-    if pd.api.types.is_integer_dtype(column):
-        return column.astype(np.int64)
-    text = column.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    if numbers.notna().all() and (numbers == np.round(numbers)).all() and not text.str.contains(r"[.eE]").any():
-        return numbers.astype(np.int64)
-    return text
-
-
-def _canonical(frame: pd.DataFrame, *, name: str, rating_scale, source: str) -> Ratings:
-    """Sort by (user, item), keep the latest rating of each pair, and fingerprint.
-
-    One stable lexsort on (user, item, timestamp) does both jobs: duplicates end up adjacent with
-    the latest last (equal timestamps: the later line last). O(n log n) time, a few int64 arrays of
-    memory: ML-25M's 25 M rows stay within a few GiB."""
-    user, item = _order_key(frame["user_id"]), _order_key(frame["item_id"])
-    order = np.lexsort((frame["timestamp"].to_numpy(), item, user))
-    user, item = user[order], item[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = (user[1:] != user[:-1]) | (item[1:] != item[:-1])
-    del user, item
-    kept = frame.iloc[order[last]].reset_index(drop=True)
-    return Ratings(frame=kept, name=name, rating_scale=rating_scale, fingerprint=_fingerprint(kept),
-                   source=source, duplicates_dropped=len(frame) - len(kept))
-
-
-def _order_key(ids: pd.Series) -> np.ndarray:
-    """Integers that sort like the ids: the ids themselves, or string ids' ranks."""
-    if pd.api.types.is_integer_dtype(ids):
-        return ids.to_numpy()
-    return pd.factorize(ids, sort=True)[0]
-
-
-def _fingerprint(frame: pd.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for col in COLUMNS:
-        values = frame[col]
-        if values.dtype == object or pd.api.types.is_string_dtype(values):
-            digest.update("\0".join(values.astype(str)).encode())
-        else:
-            digest.update(memoryview(np.ascontiguousarray(values.to_numpy())))
-        digest.update(col.encode())
-    return digest.hexdigest()
-
-
-def _with(ratings: Ratings, **changes) -> Ratings:
-    return Ratings(**{**ratings.__dict__, **changes})
-
-
-# --- synthetic -------------------------------------------------------------------------------
-
-
-def _synthetic_options(spec: str) -> dict:
-    """`synthetic:key=value,...` -> keyword arguments of `synthetic` (ints or floats)."""
-    allowed = ("n_users", "n_items", "n_ratings", "rank", "noise", "seed")
-    options = {}
-    for item in filter(None, spec.partition(":")[2].split(",")):
-        key, _, value = item.partition("=")
-        if key not in allowed:
-            raise IngestError(f"{spec}: unknown option {key!r}: expected key=value with key in {', '.join(allowed)}")
-        try:
-            options[key] = float(value) if key == "noise" else int(value)
-        except ValueError:
-            raise IngestError(f"{spec}: {key}={value!r}: expected a number") from None
-    return options
-
-
-def synthetic(
-    n_users: int = 1000,
-    n_items: int = 500,
-    n_ratings: int = 50_000,
-    *,
-    rank: int = 8,
-    noise: float = 0.3,
-    seed: int = 0,
-    rating_scale: tuple[float, float] = (1.0, 5.0),
-) -> Ratings:
-    """Seeded low-rank + noise ratings with a known noise floor.
-
-    rating = clip(3 + b_u + b_i + p_u·q_i + eps), p, q ~ N(0, std rank^-1/4) so p·q has unit variance,
-    b ~ N(0, 0.3), eps ~ N(0, noise): a model that recovers the truth scores RMSE ≈ `noise`
-    (slightly less where clipping binds). Pairs are sampled uniformly without repeats; memory is
-    O(n_ratings), never O(n_users × n_items).
-    """
-    if n_ratings > n_users * n_items:
-        raise IngestError(f"synthetic: n_ratings {n_ratings} > n_users × n_items = {n_users * n_items}")
-    rng = np.random.default_rng(seed)
-    keys = np.empty(0, dtype=np.int64)
-    while len(keys) < n_ratings:  # few rounds: collisions are rare unless the matrix is dense
-        draw = rng.integers(0, n_users * n_items, size=int((n_ratings - len(keys)) * 1.05) + 16)
-        keys = np.unique(np.concatenate([keys, draw]))  # sorted: ends up in (user, item) order
-    if len(keys) > n_ratings:  # drop the surplus at random positions (a few %)
-        keys = np.delete(keys, rng.choice(len(keys), len(keys) - n_ratings, replace=False))
-    users, items = keys // n_items, keys % n_items
-    p = rng.normal(0, rank**-0.25, (n_users, rank)).astype(np.float32)
-    q = rng.normal(0, rank**-0.25, (n_items, rank)).astype(np.float32)
-    bu, bi = rng.normal(0, 0.3, n_users), rng.normal(0, 0.3, n_items)
-    mid = sum(rating_scale) / 2
-    rating = np.empty(n_ratings, dtype=np.float32)
-    for lo in range(0, n_ratings, 1 << 20):  # chunks: p[users] whole would be n_ratings × rank floats
-        u, i = users[lo : lo + (1 << 20)], items[lo : lo + (1 << 20)]
-        signal = np.einsum("nk,nk->n", p[u], q[i]) + bu[u] + bi[i] + mid
-        rating[lo : lo + len(u)] = np.clip(signal + rng.normal(0, noise, len(u)), *rating_scale)
-    frame = pd.DataFrame({"user_id": users, "item_id": items, "rating": rating,
-                          "timestamp": rng.integers(0, 10**9, n_ratings)})
-    name = f"synthetic-{n_users}x{n_items}-{n_ratings}-r{rank}-s{seed}"
-    return _canonical(frame, name=name, rating_scale=rating_scale, source=name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.ingest import Ratings
+from pipeline.ratings import Ratings
 
 __all__ = ["STRATEGIES", "Interactions", "Split", "split"]
 
@@ -66,6 +66,12 @@ class Split:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def dims(self) -> dict:
+        """The table shapes and scale every model of this split is built with: `fit`'s keywords
+        n_users, n_items, rating_scale."""
+        return {"n_users": self.n_users, "n_items": self.n_items, "rating_scale": self.ratings.rating_scale}
 
     def part(self, name: str) -> Interactions:
         """`train`, `valid`, `test`, or `train+valid` (the refit's data), encoded, on the CPU."""

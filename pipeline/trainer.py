@@ -9,20 +9,20 @@ host; the only sync points are once per epoch (train loss, valid RMSE).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
+from pipeline.device import cpu_threads, resolve_device
 from pipeline.evaluate import squared_error_sum
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "default_device", "fit"]
+__all__ = ["OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit", "refit"]
 
 # torch.optim classes used as they are; "sparse_sgd" is ours: plain SGD applied only to the rows in
 # the batch (lazy: no dense state, no dense pass over the tables), as in Funk / Surprise SVD.
@@ -112,50 +112,6 @@ class FitResult:
     stopped_early: bool = False
 
 
-def _compiled_epoch(model, train, offset_t, l2, config):
-    """sparse_sgd's epoch as the numba loop over the same tensors' memory (CPU only), or None
-    where it does not apply (another device, numba missing)."""
-    if model.users.device.type != "cpu":
-        return None
-    try:
-        from pipeline import _sgd_kernel
-    except ImportError:  # numba is a dependency; a broken install falls back to the tensor path
-        return None
-    width = model.users.shape[1]
-    zeros = torch.zeros(width)
-    l2_users, l2_items = (t.cpu().numpy() for t in l2) if l2 is not None else (zeros.numpy(), zeros.numpy())
-    train_users, train_items = np.ones(width, np.float32), np.ones(width, np.float32)
-    train_users[config.factors + 1] = train_items[config.factors] = 0.0  # the constant 1 columns
-    tables = model.users.detach().numpy(), model.items.detach().numpy()  # shared memory, updated in place
-    data = train.users.numpy(), train.items.numpy(), offset_t.numpy()
-    buffers = _sgd_kernel.scratch(config.batch_size, width)
-
-    def epoch(perm: torch.Tensor, lr: float) -> float:
-        return _sgd_kernel.sgd_epoch(*tables, *data, perm.numpy(), config.batch_size, np.float32(lr),
-                                     l2_users, l2_items, train_users, train_items, *buffers)
-
-    return epoch
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextlib.contextmanager
-def _cpu_threads(device: torch.device, threads: int | None):
-    """MF steps are many small ops: on a CPU intra-op threading costs more than it gains
-    (measured: 1 thread 3.2 M examples/s vs 2 threads 2.0 M/s at batch 512). Restored after."""
-    if device.type != "cpu" or threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
     if config.optimizer == "sparse_sgd":
         return None
@@ -188,12 +144,13 @@ def fit(
 ) -> FitResult:
     """Train biased MF on `train` (rows already encoded against n_users / n_items).
 
-    valid: scored after every epoch (clamped RMSE) for the callback and early stopping.
-    device: None -> cuda when available, else cpu. threads: CPU intra-op threads during the fit.
+    valid: scored after every epoch (clamped RMSE) for the callback and early stopping; without
+    it every epoch runs (patience needs a valid RMSE to be patient about).
+    device: see `resolve_device`. threads: CPU intra-op threads during the fit.
     compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster).
     Raises TrainingDiverged at the first epoch whose train loss is not finite.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     train = train.to(device)
     valid = valid.to(device) if valid is not None and len(valid) else None
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -203,87 +160,128 @@ def fit(
                                 train.ratings.double().mean().item(), rating_scale).to(device)
     model.reset_parameters(init_generator, config.init_std)
     result = FitResult(model=model)
-    with _cpu_threads(device, threads):
+    with cpu_threads(device, threads):
         _train(model, train, valid, config, generator, callback, result, compiled)
     return result
 
 
 def _train(model, train, valid, config, generator, callback, result, compiled) -> None:
-    users_t, items_t, ratings_t = train.users, train.items, train.ratings
-    n, batch = len(train), config.batch_size
-    U, V = model.users, model.items
-    optimizer = _make_optimizer(config, [U, V], U.device)
-    if optimizer is not None:
-        U.grad, V.grad = torch.zeros_like(U), torch.zeros_like(V)
-    # Residual offset μ − r, precomputed once: err = p·q + (μ − r).
-    offset_t = model.global_mean - ratings_t
-    sparse = optimizer is None
-    # Per-column λ for the rows [p, b_u, 1] and [q, 1, b_i]; the constant columns get 0.
-    l2_bias = config.l2 if config.l2_bias is None else config.l2_bias
-    l2 = None
-    if config.l2 or l2_bias:
-        l2_users = torch.full((U.shape[1],), config.l2, device=U.device)
-        l2_users[-2:] = torch.tensor([l2_bias, 0.0])
-        l2 = (l2_users, l2_users[torch.tensor([*range(config.factors), -1, -2])])
-    kernel = _compiled_epoch(model, train, offset_t, l2, config) if sparse and compiled else None
-    best_rmse, best_state, since_best = math.inf, None, 0
+    optimizer = _make_optimizer(config, [model.users, model.items], model.users.device)
+    epoch_step = _epoch_step(model, train, config, optimizer, compiled)
+    best = _BestEpoch(model)
     for epoch in range(1, config.epochs + 1):
         lr = config.lr * config.lr_decay ** (epoch - 1)
-        if optimizer is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=U.device)
-        perm = torch.randperm(n, device=U.device, generator=generator)
+        perm = torch.randperm(len(train), device=train.ratings.device, generator=generator)
         with torch.no_grad():
-            if kernel is not None:
-                loss_sum += kernel(perm, lr)
-            else:
-                for lo in range(0, n, batch):
-                    idx = perm[lo : lo + batch]
-                    users, items = users_t[idx], items_t[idx]
-                    pu, qi = U[users], V[items]
-                    err = (pu * qi).sum(1) + offset_t[idx]  # (B,)
-                    loss_sum += err.dot(err)
-                    # d/dp_u of err²/2 is err·q_i (and the constant columns' gradients are discarded).
-                    # Dense optimizers see the batch mean; sparse_sgd the sum (lr per example).
-                    scale = 1.0 if sparse else 1.0 / idx.shape[0]
-                    g = err.mul_(scale).unsqueeze_(1)
-                    grad_u, grad_i = qi * g, pu * g
-                    if l2 is not None:
-                        grad_u.addcmul_(pu, l2[0], value=scale)
-                        grad_i.addcmul_(qi, l2[1], value=scale)
-                    if sparse:
-                        U.index_add_(0, users, grad_u, alpha=-lr)
-                        V.index_add_(0, items, grad_i, alpha=-lr)
-                    else:
-                        U.grad.zero_().index_add_(0, users, grad_u)
-                        V.grad.zero_().index_add_(0, items, grad_i)
-                        optimizer.step()
-                    model.restore_constants()
+            loss_sum = epoch_step(perm, lr)
         # One CPU-GPU sync point per epoch: the loss (and below, the valid RMSE).
-        train_mse = (loss_sum / n).item()
+        train_mse = (loss_sum / len(train)).item()
         result.train_seconds += time.perf_counter() - start
         if not math.isfinite(train_mse):
             raise TrainingDiverged(epoch, train_mse)
         valid_rmse = math.sqrt(squared_error_sum(model, valid)[0].item() / len(valid)) if valid else math.nan
         result.history.append((epoch, train_mse, valid_rmse))
-        if valid_rmse < best_rmse:
-            best_rmse, since_best, result.best_epoch = valid_rmse, 0, epoch
-            best_state = (U.detach().clone(), V.detach().clone())
-        else:
-            since_best += 1
+        since_best = best.update(epoch, valid_rmse)
         stop = bool(callback(epoch, train_mse, valid_rmse)) if callback is not None else False
-        if stop or (config.patience is not None and since_best >= config.patience):
+        if stop or (valid is not None and config.patience is not None and since_best >= config.patience):
             result.stopped_early = epoch < config.epochs
             break
-    if best_state is not None:
+    best.restore(result)
+    model.users.grad = model.items.grad = None
+    result.examples_per_second = len(train) * len(result.history) / result.train_seconds if result.train_seconds else 0.0
+
+
+class _BestEpoch:
+    """Early stopping's memory: the best valid RMSE so far and a copy of its tables."""
+
+    def __init__(self, model: MatrixFactorization) -> None:
+        self.model, self.rmse, self.epoch, self.state, self.since = model, math.inf, 0, None, 0
+
+    def update(self, epoch: int, valid_rmse: float) -> int:
+        """Record the epoch; returns how many epochs have passed without a better valid RMSE."""
+        if valid_rmse < self.rmse:  # False for NaN: without valid data nothing is "best"
+            self.rmse, self.epoch, self.since = valid_rmse, epoch, 0
+            self.state = (self.model.users.detach().clone(), self.model.items.detach().clone())
+        else:
+            self.since += 1
+        return self.since
+
+    def restore(self, result: FitResult) -> None:
+        """Put the best epoch's tables back (without valid data: keep the last epoch's)."""
+        if self.state is None:
+            result.best_epoch, result.best_valid_rmse = len(result.history), math.nan
+            return
         with torch.no_grad():
-            U.copy_(best_state[0])
-            V.copy_(best_state[1])
+            self.model.users.copy_(self.state[0])
+            self.model.items.copy_(self.state[1])
+        result.best_epoch, result.best_valid_rmse = self.epoch, self.rmse
+
+
+def _l2_columns(model: MatrixFactorization, config: TrainConfig):
+    """Per-column λ for the rows [p, b_u, 1] and [q, 1, b_i] (the constant columns get 0), or None."""
+    l2_bias = config.l2 if config.l2_bias is None else config.l2_bias
+    if not (config.l2 or l2_bias):
+        return None
+    l2_users = torch.full((model.users.shape[1],), config.l2, device=model.users.device)
+    l2_users[-2:] = torch.tensor([l2_bias, 0.0])
+    return l2_users, l2_users[torch.tensor([*range(config.factors), -1, -2])]
+
+
+def _epoch_step(model, train, config, optimizer, compiled):
+    """(perm, lr) -> the epoch's Σ err² (a 0-d tensor): the numba loop for sparse_sgd on the CPU,
+    else the tensor batch loop."""
+    offset = model.global_mean - train.ratings  # μ − r, once: err = p·q + (μ − r)
+    l2 = _l2_columns(model, config)
+    if optimizer is None and compiled and model.users.device.type == "cpu":
+        from pipeline._sgd_kernel import compiled_epoch  # numba: imported only when it runs
+
+        kernel = compiled_epoch(model, train, offset, l2, config.batch_size)
+        return lambda perm, lr: torch.tensor(kernel(perm, lr))
+    if optimizer is not None:
+        model.users.grad, model.items.grad = torch.zeros_like(model.users), torch.zeros_like(model.items)
+
+    def epoch(perm: torch.Tensor, lr: float) -> torch.Tensor:
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        loss_sum = torch.zeros((), device=perm.device)
+        for lo in range(0, len(perm), config.batch_size):
+            loss_sum += _batch_step(model, train, offset, perm[lo : lo + config.batch_size], l2, optimizer, lr)
+        return loss_sum
+
+    return epoch
+
+
+def _batch_step(model, train, offset, idx, l2, optimizer, lr) -> torch.Tensor:
+    """One batch's closed-form MF update; returns its Σ err² (0-d, on the device: no sync)."""
+    U, V = model.users, model.items
+    users, items = train.users[idx], train.items[idx]
+    pu, qi = U[users], V[items]
+    err = (pu * qi).sum(1) + offset[idx]  # (B,)
+    loss = err.dot(err)
+    # d/dp_u of err²/2 is err·q_i (and the constant columns' gradients are discarded).
+    # Dense optimizers see the batch mean; sparse_sgd the sum (lr per example).
+    sparse = optimizer is None
+    scale = 1.0 if sparse else 1.0 / idx.shape[0]
+    g = err.mul_(scale).unsqueeze_(1)
+    grad_u, grad_i = qi * g, pu * g
+    if l2 is not None:
+        grad_u.addcmul_(pu, l2[0], value=scale)
+        grad_i.addcmul_(qi, l2[1], value=scale)
+    if sparse:
+        U.index_add_(0, users, grad_u, alpha=-lr)
+        V.index_add_(0, items, grad_i, alpha=-lr)
     else:
-        result.best_epoch = len(result.history)
-    result.best_valid_rmse = best_rmse if best_state is not None else math.nan
-    U.grad = V.grad = None
-    epochs_run = len(result.history)
-    result.examples_per_second = n * epochs_run / result.train_seconds if result.train_seconds else 0.0
+        U.grad.zero_().index_add_(0, users, grad_u)
+        V.grad.zero_().index_add_(0, items, grad_i)
+        optimizer.step()
+    model.restore_constants()
+    return loss
+
+
+def refit(rows: Interactions, config: TrainConfig, epochs: int, **fit_options) -> FitResult:
+    """The final model: `config` trained on all of `rows` (train+valid) for `epochs` (the best epoch
+    count that valid data chose), with no early stopping: there is nothing left to validate on.
+    `fit_options`: fit's keywords (n_users, n_items, rating_scale, seed, device, ...)."""
+    return fit(rows, dataclasses.replace(config, epochs=max(epochs, 1), patience=None), **fit_options)

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline import ingest
+from pipeline.ratings import canonical
 from pipeline.split import STRATEGIES, split
 
 
@@ -58,7 +59,7 @@ def test_per_user_keeps_a_train_row_for_every_user(small_ratings):
 def test_temporal_is_one_global_cut():
     f = pd.DataFrame({"user_id": np.arange(100) % 7, "item_id": np.arange(100), "rating": 3.0,
                       "timestamp": np.random.default_rng(0).permutation(100)})
-    r = ingest._canonical(f, name="t", rating_scale=(1, 5), source="t")
+    r = canonical(f, name="t", rating_scale=(1, 5), source="t")
     s = split(r, "temporal", test=0.2, valid=0.1)
     ts = r.frame["timestamp"].to_numpy()
     assert ts[s.train_rows].max() < ts[s.valid_rows].min() <= ts[s.valid_rows].max() < ts[s.test_rows].min()
@@ -76,7 +77,7 @@ def test_leave_last_k_takes_each_users_latest(small_ratings):
 
 def test_cold_rows_are_counted_kept_or_dropped():
     f = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [1, 2, 1, 2, 9], "rating": 4.0, "timestamp": 0})
-    r = ingest._canonical(f, name="c", rating_scale=(1, 5), source="c")
+    r = canonical(f, name="c", rating_scale=(1, 5), source="c")
     kept = next(s for seed in range(50) if (s := split(r, test=0.2, valid=0.0, seed=seed)).cold["test"])
     assert kept.cold["test"] == 1 and len(kept.test_rows) == 1
     part = kept.part("test")
