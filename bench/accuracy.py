@@ -13,7 +13,6 @@ mean ± sd and writes bench/results/accuracy.json. Needs the `bench` extra (scik
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from scipy import stats
 from pipeline import ingest
 from pipeline.evaluate import baselines, evaluate
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, fit
+from pipeline.trainer import TrainConfig, fit, refit
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -54,14 +53,13 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
 
     ratings = ingest.load("ml-100k")
     data = split(ratings, seed=seed)
-    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    dims = data.dims
     rows = {}
     first = fit(data.part("train"), TrainConfig(), valid=data.part("valid"), seed=seed, **dims)
-    refit = fit(data.part("train+valid"), dataclasses.replace(TrainConfig(), epochs=first.best_epoch), seed=seed, **dims)
-    m = evaluate(refit.model, data.part("test"))
+    final = refit(data.part("train+valid"), TrainConfig(), first.best_epoch, seed=seed, **dims)
+    m = evaluate(final.model, data.part("test"))
     rows["d2l config, our trainer"] = (m.rmse, m.mae)
-    for name, b in baselines(data.part("train+valid"), data.part("test"), data.n_users, data.n_items,
-                             ratings.rating_scale).items():
+    for name, b in baselines(data.part("train+valid"), data.part("test"), **dims).items():
         rows[name.replace("_", " ")] = (b.rmse, b.mae)
 
     if reuse is not None:  # Surprise's rows from an earlier run on the same splits (its search takes minutes)

@@ -70,7 +70,7 @@ def main() -> None:
           f"peak RSS {record['peak_rss_gib_after_ingest_split']:.2f} GiB", flush=True)
 
     train = data.part("train").to(args.device)
-    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    dims = data.dims
     record["epochs"] = []
     for name, config in [
         ("sparse_sgd, 32 factors, batch 1024", TrainConfig(factors=32, optimizer="sparse_sgd", lr=0.005,

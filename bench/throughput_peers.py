@@ -51,7 +51,7 @@ def main() -> None:
     ratings = ingest.load("ml-100k")
     data = split(ratings, seed=0)
     train, test = data.part("train"), data.part("test")
-    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    dims = data.dims
     rows = []
     for k in args.factors:
         rows.append({"factors": k, "trainer": "d2l port (DataLoader, autograd)", "batch_size": 512,

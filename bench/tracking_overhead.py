@@ -20,11 +20,11 @@ from pathlib import Path
 import optuna
 
 from pipeline import ingest
+from pipeline.device import resolve_device
 from pipeline.search import Objective
 from pipeline.space import load_space
 from pipeline.split import split
 from pipeline.tracking import Tracker
-from pipeline.trainer import default_device
 
 
 def one_study(space, data, dims, trials: int, tracker: Tracker | None) -> tuple[float, list[float]]:
@@ -32,7 +32,7 @@ def one_study(space, data, dims, trials: int, tracker: Tracker | None) -> tuple[
     study.enqueue_trial({}, user_attrs={"reference": "d2l"})
     if tracker is not None:
         tracker.create_parent("overhead", {})
-    objective = Objective(space, data.part("train"), data.part("valid"), dims, device=default_device(), seed=0,
+    objective = Objective(space, data.part("train"), data.part("valid"), dims, device=resolve_device(), seed=0,
                           tracker=tracker, study_name="overhead")
     start = time.perf_counter()
     study.optimize(objective, n_trials=trials)
@@ -52,7 +52,7 @@ def main() -> None:
     space = load_space(args.config)
     ratings = ingest.load(space.dataset)
     data = split(ratings, seed=space.split.seed)
-    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    dims = data.dims
     times = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker.connect(f"sqlite:///{tmp}/mlflow.db", "overhead")

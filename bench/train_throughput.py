@@ -39,7 +39,7 @@ def main() -> None:
     ratings = ingest.load("ml-100k")
     data = split(ratings, seed=0)
     train, test = data.part("train"), data.part("test")
-    dims = dict(n_users=data.n_users, n_items=data.n_items, rating_scale=ratings.rating_scale)
+    dims = data.dims
     rows = []
 
     port = train_seed_port(train, test, data.n_users, data.n_items, epochs=args.epochs, device=device)

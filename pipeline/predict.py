@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from pipeline.tracking import TrackingError, load_bundle
+from pipeline.bundle import load_bundle
+from pipeline.tracking import TrackingError
 
 __all__ = ["main"]
 

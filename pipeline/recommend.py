@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import torch
 
+from pipeline.bundle import load_bundle
 from pipeline.predict import model_arguments
-from pipeline.tracking import TrackingError, load_bundle
+from pipeline.tracking import TrackingError
 
 __all__ = ["main", "top_unseen"]
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.split import STRATEGIES
 from pipeline.trainer import TrainConfig
 
-__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "suggest"]
+__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "space_file", "suggest"]
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
@@ -171,11 +171,15 @@ class SearchSpace(_Strict):
         return cls(**self.pruner.options)
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a YAML search space. A bare name (`quick`) means `search_spaces/quick.yaml`."""
+def space_file(path: str | Path) -> Path:
+    """A search-space path as given, or for a bare name (`quick`) `search_spaces/quick.yaml`."""
     path = Path(path)
-    if not path.suffix and not path.exists():
-        path = SEARCH_SPACES / f"{path}.yaml"
+    return path if path.suffix or path.exists() else SEARCH_SPACES / f"{path}.yaml"
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a YAML search space (see `space_file` for the path)."""
+    path = space_file(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -9,7 +9,6 @@ more than an epoch of ml-100k.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,14 +17,13 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-__all__ = ["TrackingError", "Tracker", "TrialRun", "resolve_tracking_uri"]
+__all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported", "resolve_tracking_uri"]
 
 _FLUSH_SECONDS = 5.0  # a running trial's curve appears in `mlflow ui` at most this late
 
@@ -39,6 +37,20 @@ def resolve_tracking_uri(flag: str | None) -> str:
     if flag:
         return flag
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def configure_mlflow(tracking_uri: str | None) -> None:
+    """The one MLflow set-up of every command: quiet logging, no download bars, bounded HTTP retries
+    (~30 s: 1+2+4+8+16, then the trial fails with the reason, instead of MLflow's minutes), and the
+    fluent API (log_model, download_artifacts) pointed at `tracking_uri` for tracking and registry."""
+    # MLflow's INFO chatter (table creation, "Created version"): our own summary says what happened.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for key, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5"),
+                       ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+        os.environ.setdefault(key, value)
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
 
 
 def _now_ms() -> int:
@@ -60,31 +72,38 @@ class TrialRun:
         if time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
+    def log(self, **values: float) -> None:
+        """Final metrics (step 0), written with the run's end."""
+        now = _now_ms()
+        self._pending.extend(Metric(key, float(v), now, 0) for key, v in values.items())
+
     def flush(self) -> None:
         if self._pending:
-            with _reported(self.client):
+            with reported(self.client.tracking_uri):
                 self.client.log_batch(self.run_id, metrics=self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
 
-    def end(self, status: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+    def end(self, status: str, tags: dict[str, str] | None = None) -> None:
         """status: FINISHED (complete), KILLED (pruned or interrupted), FAILED."""
-        now = _now_ms()
-        self._pending.extend(Metric(k, float(v), now, 0) for k, v in (metrics or {}).items())
         tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        with _reported(self.client):
+        with reported(self.client.tracking_uri):
             self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
             self._pending = []
             self.client.set_terminated(self.run_id, status)
 
 
 @contextmanager
-def _reported(client: MlflowClient):
-    """MLflow failures (after the client's own retries) as one TrackingError with the server named."""
+def reported(tracking_uri: str, doing: str = ""):
+    """MLflow failures (after the client's own retries) as one TrackingError naming the store and
+    what was being done; never a raw MlflowException traceback."""
     try:
         yield
     except MlflowException as exc:
-        raise TrackingError(f"MLflow at {client.tracking_uri} failed: {exc.message[:300]}") from None
+        raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: "
+                            f"{exc.message[:300]}") from None
+    except OSError as exc:  # an artifact store that cannot be written (a read-only folder, a full disk)
+        raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: {exc}") from None
 
 
 class Tracker:
@@ -102,41 +121,23 @@ class Tracker:
         """Check the server (or create the database: once, before any worker starts, because
         concurrent first-time migrations race) and get or create the experiment. `wait`: seconds
         to keep trying a server that does not answer (a worker joining during an outage)."""
+        configure_mlflow(tracking_uri)
         if tracking_uri.startswith(("http://", "https://")):
-            # Retry transient errors for ~30 s (1+2+4+8+16), then fail the trial with the reason,
-            # instead of MLflow's default of minutes.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
-                        response.read()
-                    break
-                except (urllib.error.URLError, OSError) as exc:
-                    if time.monotonic() > deadline:
-                        raise TrackingError(f"cannot reach the MLflow tracking server at {tracking_uri} ({exc})") from None
-                    time.sleep(1.0)
-        # MLflow's INFO chatter (table creation, "Created version") and download bars: our own
-        # summary says what happened.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        # The fluent API (log_model, register_model) reads the global URI: point it here too.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+            _wait_for_server(tracking_uri, wait)
         tracker = cls(tracking_uri, experiment)
-        try:
+        with reported(tracking_uri, f"opening experiment {experiment!r}"):
             found = tracker.client.get_experiment_by_name(experiment)
             tracker.experiment_id = found.experiment_id if found else tracker.client.create_experiment(experiment)
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow at {tracking_uri}: {exc.message}") from None
         return tracker
 
     # --- the parent run -------------------------------------------------------------------
 
+    def _reported(self, doing: str):
+        return reported(self.tracking_uri, doing)
+
     def create_parent(self, run_name: str, tags: dict[str, str]) -> str:
-        self.parent_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        with self._reported("creating the study's parent run"):
+            self.parent_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         return self.parent_id
 
     def reopen_parent(self, run_id: str, tags: dict[str, str]) -> bool:
@@ -146,40 +147,46 @@ class Tracker:
         except MlflowException:
             return False
         self.parent_id = run_id
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with self._reported("tagging the parent run"):
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return True
 
     def close_parent(self, status: str) -> None:
         if self.parent_id is not None:
-            self.client.set_terminated(self.parent_id, status)
+            with self._reported(f"closing the parent run as {status}"):
+                self.client.set_terminated(self.parent_id, status)
 
     def log_parent(self, params: dict | None = None, metrics: dict[str, float] | None = None,
                    tags: dict[str, str] | None = None) -> None:
         now = _now_ms()
-        self.client.log_batch(
-            self.parent_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        )
+        with self._reported("logging the study's results"):
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.parent_id, text, artifact_file)
+        with self._reported(f"writing {artifact_file}"):
+            self.client.log_text(self.parent_id, text, artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.parent_id, figure, artifact_file)
+        with self._reported(f"writing {artifact_file}"):
+            self.client.log_figure(self.parent_id, figure, artifact_file)
 
     def log_dataset(self, frame, name: str, digest: str, source: str, context: str) -> None:
         """One `mlflow.data` input of the parent run (schema, row count and our digest)."""
         with warnings.catch_warnings():  # schema-inference hints about int columns: not actionable here
             warnings.simplefilter("ignore", UserWarning)
             entity = mlflow.data.from_pandas(frame, source=source or None, name=name, digest=digest[:36])._to_mlflow_entity()
-        self.client.log_inputs(self.parent_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+        with self._reported(f"logging dataset {name}"):
+            self.client.log_inputs(self.parent_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     # --- children ---------------------------------------------------------------------------
 
     def start_trial(self, trial_number: int, params: dict, study_name: str) -> TrialRun:
-        with _reported(self.client):
+        with self._reported(f"creating trial-{trial_number}'s run"):
             run = self.client.create_run(
                 self.experiment_id, run_name=f"trial-{trial_number}",
                 tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(trial_number),
@@ -190,13 +197,14 @@ class Tracker:
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """Close a run another process left RUNNING (its worker died)."""
-        with _reported(self.client):
+        with self._reported(f"closing run {run_id}"):
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.log_batch(run_id, tags=[RunTag("optuna.state", "FAIL"), RunTag("fail_reason", reason)])
                 self.client.set_terminated(run_id, "FAILED")
 
     def running_children(self) -> list:
-        return self.client.search_runs(
+        with self._reported("listing the study's running trials"):
+            return self.client.search_runs(
             [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'",
             max_results=50_000)
 
@@ -213,7 +221,7 @@ class Tracker:
         the model URI."""
         import torch
 
-        with self._as_active_parent():
+        with self._reported("logging the model"), self._as_active_parent():
             info = mlflow.pytorch.log_model(
                 scorer, name="model", input_example=input_example, serialization_format="pt2",
                 extra_files=extra_files, metadata=metadata,
@@ -226,6 +234,10 @@ class Tracker:
     def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str) -> tuple[str, str]:
         """Register a new version; alias `champion` moves to it only when it beats the current
         champion's test RMSE on the same split, else it becomes `challenger`. Returns (version, alias)."""
+        with self._reported(f"registering {model_uri} as {name!r}"):
+            return self._register(model_uri, name, test_rmse, split_fingerprint)
+
+    def _register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str) -> tuple[str, str]:
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -248,44 +260,16 @@ class Tracker:
         return str(version), alias
 
 
-@dataclass(frozen=True)
-class ModelBundle:
-    """A registered model loaded for serving: the scorer, and what `recommend` needs beside it.
-
-    scorer: int64 (N, 2) raw (user_id, item_id) -> float32 (N,) clamped ratings.
-    seen: the (user_id, item_id) pairs the model was trained on. titles: item_id -> title.
-    """
-
-    uri: str
-    scorer: object
-    seen: object
-    titles: dict
-    dataset: str
-
-    def knows_user(self, user_id: int) -> bool:
-        return bool((self.seen["user_id"].to_numpy() == user_id).any())
-
-    def knows_item(self, item_id: int) -> bool:
-        return bool((self.seen["item_id"].to_numpy() == item_id).any())
-
-
-def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
-    """Download a logged or registered model once and load it (pt2: no pickle is executed)."""
-    import pandas as pd
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    except MlflowException as exc:
-        raise TrackingError(f"cannot load model {model_uri!r}: {exc.message}") from None
-    extra = local / "extra_files"
-    if not (extra / "seen.parquet").exists():
-        raise TrackingError(f"{model_uri}: not a pipeline model (no extra_files/seen.parquet)")
-    info = json.loads((extra / "items.json").read_text())
-    titles = {int(k) if k.lstrip("-").isdigit() else k: v for k, v in info["titles"].items()}
-    return ModelBundle(uri=model_uri, scorer=mlflow.pytorch.load_model(str(local)),
-                       seen=pd.read_parquet(extra / "seen.parquet"), titles=titles, dataset=info["dataset"])
+def _wait_for_server(tracking_uri: str, wait: float) -> None:
+    """Check the server answers /health; keep trying for `wait` seconds (a worker joining during a
+    short outage), then fail with the server named."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+            return
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise TrackingError(f"cannot reach the MLflow tracking server at {tracking_uri} ({exc})") from None
+            time.sleep(1.0)

@@ -48,7 +48,8 @@ class TrainConfig:
     factors: int = 30
     """Latent dimensions k of p_u and q_i."""
     optimizer: str = "adam"
-    """One of OPTIMIZERS."""
+    """The update rule: sgd (with momentum), adam, adamw, rmsprop, adagrad (torch.optim, fused), or
+    sparse_sgd (lazy SGD on the batch's rows only, as in Funk / Surprise SVD)."""
     lr: float = 0.002
     """Learning rate. For sparse_sgd it is per example (the loss is summed over the batch); for the
     others the loss is averaged over the batch, as in the seed."""
@@ -63,7 +64,9 @@ class TrainConfig:
     momentum: float = 0.9
     """For sgd only."""
     epochs: int = 20
+    """Passes over the training rows (at most, with early stopping)."""
     batch_size: int = 512
+    """Training rows per update step."""
     init_std: float = 0.01
     """Factors start as N(0, init_std)."""
     patience: int | None = None

@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import ingest
 from pipeline.ratings import canonical
 from pipeline.split import STRATEGIES, split
 

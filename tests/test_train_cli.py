@@ -1,6 +1,9 @@
 import json
 
+import dataclasses
+
 import pytest
+import torch
 
 from pipeline import ingest
 from pipeline.train import main
@@ -35,9 +38,35 @@ def test_defaults_are_the_seed_configuration():
         30, "adam", 0.002, 1e-5, 20, 512)
 
 
+def test_every_config_field_is_a_flag_with_its_docstring_as_help():
+    from pipeline.train import field_docs, parser
+    from pipeline.trainer import TrainConfig
+
+    p = parser()
+    actions = {a.dest: a for a in p._actions}
+    docs = field_docs(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        assert actions[field.name].option_strings == ["--" + field.name.replace("_", "-")]
+        assert actions[field.name].help == docs[field.name] and len(docs[field.name]) > 10
+    args = p.parse_args(["--l2-bias", "none", "--patience", "4", "--factors", "7"])
+    assert (args.l2_bias, args.patience, args.factors) == (None, 4, 7)
+
+
+def test_refit_trains_for_the_best_epoch_count_whatever_the_patience(ratings_csv, capsys):
+    # Patience stops the first fit 3 epochs after its best; the refit has no valid data to be
+    # patient about and must run all best_epoch epochs (it used to stop after 3).
+    assert main(["--dataset", str(ratings_csv), "--optimizer", "sparse_sgd", "--weight-decay", "0", "--lr", "0.01",
+                 "--l2", "0.05", "--epochs", "40", "--patience", "3", "--refit", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best_epoch"] > 3 and out["epochs"] == out["best_epoch"] + 3
+    assert out["refit_epochs"] == out["best_epoch"]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--bogus"], "unrecognized arguments"),
-    (["--epochs", "0"], "expected an integer >= 1"),
+    (["--epochs", "0"], "epochs=0: expected >= 1"),
+    (["--epochs", "x"], "--epochs: 'x': expected int"),
+    (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "device 'cuda"),
     (["--optimizer", "lbfgs"], "invalid choice"),
     (["--lr", "-1", "--dataset", "synthetic"], "lr=-1.0"),
     (["--dataset", "nowhere.csv"], "nowhere.csv: cannot read"),

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipeline.evaluate import baselines, evaluate
-from pipeline.trainer import OPTIMIZERS, TrainConfig, TrainingDiverged, fit
+from pipeline.device import resolve_device
+from pipeline.trainer import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
 
 # Settings that learn the small synthetic problem in a few epochs, per optimizer.
 GOOD = {
@@ -19,8 +20,7 @@ GOOD = {
 
 
 def _fit(split, config, **kw):
-    dims = dict(n_users=split.n_users, n_items=split.n_items, rating_scale=split.ratings.rating_scale)
-    return fit(split.part("train"), config, valid=split.part("valid"), device="cpu", **dims, **kw)
+    return fit(split.part("train"), config, valid=split.part("valid"), device="cpu", **split.dims, **kw)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -71,6 +71,24 @@ def test_early_stopping_restores_the_best_epoch(small_split):
     assert result.stopped_early and len(rmses) == result.best_epoch + 3
     assert result.best_valid_rmse == min(rmses)
     assert evaluate(result.model, small_split.part("valid")).rmse == pytest.approx(min(rmses), rel=1e-5)
+
+
+def test_without_valid_data_patience_is_ignored_and_refit_runs_its_epochs(small_split):
+    config = TrainConfig(factors=4, optimizer="sparse_sgd", lr=0.02, weight_decay=0.0, epochs=7, patience=2)
+    plain = fit(small_split.part("train"), config, device="cpu", **small_split.dims)
+    assert len(plain.history) == 7 and plain.best_epoch == 7 and math.isnan(plain.best_valid_rmse)
+    final = refit(small_split.part("train+valid"), config, 5, device="cpu", **small_split.dims)
+    assert len(final.history) == 5 and not final.stopped_early
+
+
+def test_the_device_rule():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
 
 
 def test_unknown_ids_fall_back_to_mean_plus_known_bias(small_split):

@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.search.cli import main
+
+sys.exit(main())

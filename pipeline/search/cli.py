@@ -1,0 +1,92 @@
+"""`python -m pipeline.search`: an Optuna study of MF models, tracked in MLflow, the best registered.
+
+ingest -> split -> [per trial: fit -> valid RMSE, reported per epoch, prunable] -> refit the best
+on train+valid -> test once -> log the model (pt2, raw ids in) -> register, move `champion` if it wins.
+Rerunning the same command resumes the same study.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from optuna.trial import TrialState
+
+from pipeline.ingest import IngestError
+from pipeline.search.finish import finish, log_study_inputs
+from pipeline.search.options import SearchError, SearchOptions
+from pipeline.search.report import print_summary, start_line
+from pipeline.search.session import Session, prepare
+from pipeline.search.study import attach_parent, close_orphan_runs
+from pipeline.search.workers import quiet_libraries, run_workers
+from pipeline.space import SpaceError
+from pipeline.tracking import TrackingError
+
+__all__ = ["main"]
+
+# The command's one clear error for each of these (exit 2 before any work, 1 after); never a traceback.
+USER_ERRORS = (SpaceError, IngestError, TrackingError, SearchError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    try:
+        options = SearchOptions.parse(argv)
+        session = prepare(options)
+        created = attach_parent(session.shared, session.tracker, session.parent_tags())
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not options.quiet:
+        print(start_line(session.shared.name, session.ratings, session.data, session.device, session.cap.n,
+                         options.workers, session.tracker.tracking_uri), file=sys.stderr)
+    status, code = "FAILED", 1
+    try:
+        if created:
+            log_study_inputs(session.tracker, options.space_path, session.space, session.data, session.cap.n,
+                             session.shared.name)
+        close_orphan_runs(session.study, session.tracker)
+        code = run_workers(session)
+        if code:
+            status = "KILLED" if code == 130 else "FAILED"
+            return code
+        status, code = _finish_once(session)
+        return code
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+        print("\ninterrupted: the study is saved; rerun the same command to resume it", file=sys.stderr)
+        return code
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _close_parent(session, status)
+
+
+def _finish_once(session: Session) -> tuple[str | None, int]:
+    """Refit, log and register the best trial, once per best trial across workers and reruns;
+    print the summary. Returns (the parent run's status, or None to leave it as is; exit code)."""
+    study = session.study
+    if not any(t.state == TrialState.COMPLETE for t in study.trials):
+        print("error: no trial completed; see the failed trials in MLflow", file=sys.stderr)
+        return "FAILED", 1
+    best = study.best_trial.number
+    status = None
+    if session.shared.claim(f"finish-{best}"):
+        o = session.options
+        summary = finish(study, session.data, session.tracker, device=session.device, seed=o.seed,
+                         register_as=o.register_as, reference=session.space.reference)
+        study.set_user_attr("summary", summary)
+        status = "FINISHED"
+    else:  # another worker (or an earlier run) refits and registers this best trial
+        summary = session.shared.wait_for("summary", check=lambda value: value["best_trial"] == best)
+    print_summary(summary, session.tracker.tracking_uri)
+    return status, 0
+
+
+def _close_parent(session: Session, status: str | None) -> None:
+    if status is None:
+        return
+    try:
+        session.tracker.close_parent(status)
+    except TrackingError as exc:  # the run's own error (if any) was printed already
+        print(f"warning: could not close the parent run: {exc}", file=sys.stderr)

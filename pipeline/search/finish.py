@@ -1,0 +1,114 @@
+"""The study's last step, done once per best trial: refit the best on train+valid, score it on
+test once, log the figures, the trials and the references, log the model and register it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from pipeline.bundle import write_bundle_files
+from pipeline.evaluate import Metrics, baselines, evaluate
+from pipeline.model import RawIdScorer
+from pipeline.split import Split
+from pipeline.tracking import Tracker
+from pipeline.trainer import TrainConfig, refit
+
+__all__ = ["finish", "log_study_inputs"]
+
+
+def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.device, seed: int,
+           register_as: str, reference: bool) -> dict:
+    """Refit, test, log and register the best trial; returns the summary (JSON-ready).
+    reference: also refit the d2l configuration (trial 0) and report its test scores."""
+    best = study.best_trial
+    model, test, references = _score(study, data, device, seed, reference)
+    figures, skipped = _log_figures(study, tracker)
+    tracker.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+    tracker.log_parent(
+        params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
+        metrics={"best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
+                 **{f"reference.{k}_test_{m}": v[f"test_{m}"] for k, v in references.items() for m in ("rmse", "mae")}},
+        tags={"best_trial": best.number})
+    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as)
+    return {
+        "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
+        "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
+        "test_rmse": test.rmse, "test_mae": test.mae, "reference": references,
+        "trials": {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState},
+        "plots": figures, "plots_skipped": skipped, "model_uri": uri,
+        "registered": f"models:/{register_as}/{version}" if version else None, "alias": alias,
+        "alias_uri": f"models:/{register_as}@{alias}" if alias else None,
+    }
+
+
+def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, reference: bool):
+    """The best trial refit and tested, and the references' test scores: (model, Metrics, {name: scores})."""
+    fit_rows, test_rows = data.part("train+valid"), data.part("test")  # encoded once, used thrice
+    test_on_device = test_rows.to(device)
+
+    def refit_and_test(config: dict, epochs: int) -> tuple:
+        result = refit(fit_rows, TrainConfig(**config), epochs, seed=seed, device=device, **data.dims)
+        return result.model, evaluate(result.model, test_on_device)
+
+    best = study.best_trial
+    model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"])
+    scores = {k: _scores(m) for k, m in baselines(fit_rows, test_rows, **data.dims).items()}
+    if reference:
+        d2l = next((t for t in study.trials if t.user_attrs.get("reference") == "d2l"), None)
+        epochs = d2l.user_attrs.get("best_epoch", 20) if d2l else 20
+        scores = {"d2l_config": _scores(refit_and_test(TrainConfig().to_dict(), epochs)[1]), **scores}
+    return model, test, scores
+
+
+def _scores(m: Metrics) -> dict:
+    return {"test_rmse": m.rmse, "test_mae": m.mae}
+
+
+def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict[str, str]]:
+    import matplotlib.pyplot as plt
+
+    from pipeline.plots import study_figures
+
+    figures, skipped = study_figures(study)
+    for name, figure in figures.items():
+        tracker.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
+    return sorted(figures), skipped
+
+
+def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str):
+    """Log the raw-id scorer with its bundle files and register it: (model uri, version, alias), or
+    Nones where the ids are strings (the exported graph takes int64 ids only)."""
+    if not (np.issubdtype(data.user_ids.dtype, np.integer) and np.issubdtype(data.item_ids.dtype, np.integer)):
+        return None, None, None
+    scorer = RawIdScorer(model.cpu().eval(), torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids)).eval()
+    frame = data.ratings.frame
+    example_rows = data.test_rows[:8] if len(data.test_rows) > 1 else data.train_rows[:8]
+    example = frame[["user_id", "item_id"]].to_numpy()[example_rows].astype(np.int64)
+    seen = frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_bundle_files(Path(tmp), seen, data.ratings.item_titles, data.ratings.name)
+        uri = tracker.log_model(scorer, example, files,
+                                metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name})
+    version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint)
+    return uri, version, alias
+
+
+def log_study_inputs(tracker: Tracker, space_path: Path, space, data: Split, cap: int, study_name: str) -> None:
+    """The parent run's inputs, logged once by the process that created it: the search space, the
+    resolved configuration, and the three parts as `mlflow.data` datasets (a 10,000-row preview)."""
+    tracker.log_text(space_path.read_text(), "search_space.yaml")
+    tracker.log_text(json.dumps({"space": space.model_dump(), "split": data.settings, "split_summary": data.summary(),
+                                 "trials_cap": cap, "study_name": study_name}, indent=2, default=str),
+                     "resolved_config.json")
+    ratings = data.ratings
+    for part in ("train", "valid", "test"):
+        rows = getattr(data, f"{part}_rows")
+        tracker.log_dataset(ratings.frame.iloc[rows[:10_000]], name=f"{ratings.name}-{part}",
+                            digest=f"{data.fingerprint[:16]}-{part}", source=ratings.source, context=part)

@@ -1,0 +1,138 @@
+"""One trial: its config, its MLflow child run, its training, reported per epoch and prunable."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+import torch
+
+from pipeline.search.study import Cap
+from pipeline.space import SearchSpace, suggest
+from pipeline.split import Interactions
+from pipeline.tracking import Tracker, TrackingError, TrialRun
+from pipeline.trainer import TrainConfig, TrainingDiverged, fit
+
+__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "trial_seed"]
+
+
+class OverCap(RuntimeError):
+    """Another worker took the study's last slot between our check and our trial's start."""
+
+
+# A trial that fails for one of these is recorded FAIL with its reason and the study goes on;
+# anything else (a bug, Ctrl-C) stops the worker, after the trial's run is closed.
+EXPECTED_FAILURES = (TrainingDiverged, TrackingError, OverCap)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    return (study_seed * 1_000_003 + trial_number) % 2**31
+
+
+class _NoRun:
+    """Stands in for a TrialRun when tracking is off (benchmarks, unit tests)."""
+
+    run_id = None
+
+    def epoch(self, epoch: int, **values: float) -> None:
+        pass
+
+    def log(self, **values: float) -> None:
+        pass
+
+    def end(self, status: str, tags=None) -> None:
+        pass
+
+
+class _TrialLifecycle:
+    """A trial's MLflow run from start to end; its status set once, by how the trial ended:
+    COMPLETE -> FINISHED, PRUNED -> KILLED, an expected failure -> FAILED (reason kept on the
+    trial and the run), Ctrl-C -> KILLED, anything else -> FAILED. `run` is a no-op until `start`."""
+
+    def __init__(self, trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> None:
+        self.trial, self.tracker, self.study_name = trial, tracker, study_name
+        self.run: TrialRun | _NoRun = _NoRun()
+
+    def start(self, config: TrainConfig) -> TrialRun | _NoRun:
+        params = {**config.to_dict(), "trial_number": self.trial.number}
+        if self.tracker is not None:
+            self.run = self.tracker.start_trial(self.trial.number, params, self.study_name)
+            self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
+        return self.run
+
+    def end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.run.end("FINISHED", tags={"optuna.state": "COMPLETE"})
+        elif isinstance(exc, optuna.TrialPruned):
+            self.run.end("KILLED", tags={"optuna.state": "PRUNED"})
+        else:
+            reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else repr(exc)[:500]
+            self.trial.set_user_attr("fail_reason", reason)
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            try:  # a tracking error while closing must not hide the trial's own error
+                self.run.end(status, tags={"optuna.state": "FAIL", "fail_reason": reason})
+            except TrackingError as closing:
+                print(f"warning: could not close MLflow run {self.run.run_id}: {closing}", file=sys.stderr)
+
+
+@contextmanager
+def tracked(trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> Iterator[_TrialLifecycle]:
+    """`with tracked(trial, ...) as life: run = life.start(config); ...`: the run ends with the
+    status that matches how the block ended, exactly once, and the exception goes on."""
+    life = _TrialLifecycle(trial, tracker, study_name)
+    try:
+        yield life
+    except BaseException as exc:
+        life.end(exc)
+        raise
+    try:
+        life.end(None)
+    except TrackingError as exc:  # the trial trained but its result is not recorded: a failure
+        life.end(exc)
+        raise
+
+
+class Objective:
+    """Built once with the data on the device; called by Optuna once per trial.
+
+    train, valid: encoded rows (moved to `device` here, once). dims: `Split.dims`.
+    cap: the study-wide cap (None: Optuna's n_trials is the only limit)."""
+
+    def __init__(self, space: SearchSpace, train: Interactions, valid: Interactions, dims: dict, *,
+                 device: torch.device, seed: int, tracker: Tracker | None, study_name: str,
+                 cap: Cap | None = None) -> None:
+        self.space, self.train, self.valid, self.dims = space, train.to(device), valid.to(device), dims
+        self.device, self.seed, self.tracker, self.study_name, self.cap = device, seed, tracker, study_name, cap
+
+    def config(self, trial: optuna.Trial) -> TrainConfig:
+        if trial.user_attrs.get("reference") == "d2l":
+            return TrainConfig()
+        return suggest(trial, self.space)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        with tracked(trial, self.tracker, self.study_name) as life:
+            if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
+                raise OverCap("over the study's cap: another worker took the last slot")
+            config = self.config(trial)
+            trial.set_user_attr("config", config.to_dict())
+            run = life.start(config)
+            result = fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number),
+                         device=self.device, callback=_reporter(trial, run), **self.dims)
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            run.log(best_valid_rmse=result.best_valid_rmse, best_epoch=result.best_epoch,
+                    epochs_run=len(result.history), train_seconds=result.train_seconds,
+                    examples_per_second=result.examples_per_second)
+        return result.best_valid_rmse
+
+
+def _reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
+    """The epoch callback: log the curve, report to Optuna, prune."""
+    def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
+        run.epoch(epoch, train_mse=train_mse, valid_rmse=valid_rmse)
+        trial.report(valid_rmse, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: valid RMSE {valid_rmse:.4f}")
+
+    return on_epoch

@@ -1,0 +1,74 @@
+"""The command's options: parsed once into a frozen `SearchOptions`, checked, and passed down (to
+spawned workers too) instead of the raw `argparse` result."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.space import SEARCH_SPACES, space_file
+
+__all__ = ["DEFAULT_STORAGE", "SearchError", "SearchOptions", "parser"]
+
+DEFAULT_STORAGE = "optuna.journal"
+
+
+class SearchError(RuntimeError):
+    """Refused before any work: bad flags or storage, a study that belongs to another space or split."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What one `python -m pipeline.search` command asked for (see `parser` for each flag)."""
+
+    config: str = str(SEARCH_SPACES / "mf.yaml")
+    dataset: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    study_name: str | None = None
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = None
+    experiment: str = "pipeline"
+    register_as: str = "mf-movielens"
+    device: str | None = None
+    seed: int = 0
+    workers: int = 1
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise SearchError(f"--n-trials {self.n_trials}: expected >= 1")
+        if self.workers < 1:
+            raise SearchError(f"--workers {self.workers}: expected >= 1")
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> SearchOptions:
+        """Parse a command line (argparse exits 2 on a malformed flag); raises SearchError on a bad value."""
+        return cls(**vars(parser().parse_args(argv)))
+
+    @property
+    def space_path(self) -> Path:
+        return space_file(self.config)
+
+
+def parser() -> argparse.ArgumentParser:
+    d = SearchOptions()
+    p = argparse.ArgumentParser(prog="python -m pipeline.search",
+                                description="An Optuna study of MF models, tracked in MLflow, the best registered.")
+    p.add_argument("--config", default=d.config,
+                   help="search-space YAML, or the name of one in search_spaces/ (default: mf)")
+    p.add_argument("--dataset", help="override the space's dataset (MovieLens name, synthetic, or a file)")
+    p.add_argument("--n-trials", type=int, help="study-wide cap on finished trials (default: the space's)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--study-name", help="default: <dataset>-<space>; rerunning resumes it")
+    p.add_argument("--storage", default=d.storage,
+                   help="Optuna storage: a journal file path (default optuna.journal) or a database URL")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's)")
+    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    p.add_argument("--register-as", default=d.register_as, help="registered model name")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=d.seed, help="sampler and training seed")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes on this machine, sharing the study")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    return p

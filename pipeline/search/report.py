@@ -1,0 +1,78 @@
+"""What the command prints: the start line, one progress line per trial, the closing summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["Progress", "print_summary", "start_line"]
+
+
+def start_line(study_name: str, ratings, data, device, cap: int, workers: int, tracking_uri: str) -> str:
+    return (f"study {study_name}: {ratings.name} ({len(ratings):,} ratings), split {data.summary()}, "
+            f"device {device}, cap {cap} trials, {workers} worker(s); MLflow {tracking_uri}")
+
+
+class Progress:
+    """Optuna callback: one line per trial (a redrawn bar on a terminal): done/total, best so far,
+    elapsed, ETA. `done`: finished trials when this process started."""
+
+    def __init__(self, total: int, done: int, quiet: bool) -> None:
+        self.total, self.start_done, self.quiet = total, done, quiet
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.quiet:
+            return
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / max(done - self.start_done, 1) * max(self.total - done, 0)
+        try:
+            best = f"best valid RMSE {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "no complete trial yet"
+        width = 24
+        filled = int(width * min(done, self.total) / self.total)
+        state = trial.state.name.lower()
+        if trial.state == TrialState.FAIL:
+            state += f": {trial.user_attrs.get('fail_reason', 'see the log')}"
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} trials | {best} | "
+                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)} | trial {trial.number} {state}")
+        print(("\r" + line.ljust(150)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def print_summary(s: dict, tracking_uri: str) -> None:
+    """The study's outcome (see `finish.finish` for the keys) and how to look at it."""
+    rows = [("best (refit on train+valid)", s["test_rmse"], s["test_mae"])]
+    rows += [(f"reference: {k.replace('_', ' ')}", v["test_rmse"], v["test_mae"]) for k, v in s["reference"].items()]
+    print(f"\nstudy {s['study']}: trials {', '.join(f'{n} {k}' for k, n in s['trials'].items() if n)}")
+    print(f"best trial {s['best_trial']}: valid RMSE {s['best_valid_rmse']:.4f} at epoch {s['best_epoch']}")
+    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in s["best_params"].items() if v is not None))
+    print(f"\n{'model':<34}{'test RMSE':>10}{'test MAE':>10}")
+    for name, rmse, mae in rows:
+        print(f"{name:<34}{rmse:>10.4f}{mae:>10.4f}")
+    if s["alias_uri"]:
+        print(f"\nregistered {s['registered']} as {s['alias']}: load it with {s['alias_uri']}")
+    else:
+        print("\nnot registered: the model takes int64 raw ids and this dataset's ids are strings")
+    for name, why in s["plots_skipped"].items():
+        print(f"plot {name} skipped: {why}")
+    ui = "mlflow ui" + ("" if tracking_uri == "sqlite:///mlflow.db" else f" --backend-store-uri {tracking_uri}")
+    if tracking_uri.startswith("http"):
+        ui = f"open {tracking_uri}"
+    print(f"compare every trial: {ui}")

@@ -1,0 +1,89 @@
+"""Everything a search needs, checked and opened in an order that leaves no trace on a bad input."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from pipeline import ingest
+from pipeline.device import device_name, resolve_device
+from pipeline.ratings import Ratings
+from pipeline.search.objective import Objective
+from pipeline.search.options import SearchError, SearchOptions
+from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
+from pipeline.space import SearchSpace, load_space
+from pipeline.split import Split, split
+from pipeline.tracking import Tracker, resolve_tracking_uri
+
+__all__ = ["Session", "prepare"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """One process's view of the search: the space, the data, the shared study, MLflow, the device."""
+
+    options: SearchOptions
+    space: SearchSpace
+    ratings: Ratings
+    data: Split
+    shared: SharedStudy
+    tracker: Tracker
+    device: torch.device
+    cap: Cap
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.shared.study
+
+    def objective(self) -> Objective:
+        """The trial function, with this process's copy of train and valid on the device."""
+        return Objective(self.space, self.data.part("train"), self.data.part("valid"), self.data.dims,
+                         device=self.device, seed=self.options.seed, tracker=self.tracker,
+                         study_name=self.shared.name, cap=self.cap)
+
+    def parent_tags(self) -> dict[str, str]:
+        """What the parent run records about where and on what the study ran."""
+        import mlflow
+
+        return {
+            "optuna.study_name": self.shared.name, "data.name": self.ratings.name,
+            "data.fingerprint": self.ratings.fingerprint, "split.fingerprint": self.data.fingerprint,
+            "space.digest": self.space.digest(), "device": str(self.device), "device.name": device_name(self.device),
+            "git.commit": _git_commit(), "version.torch": torch.__version__, "version.optuna": optuna.__version__,
+            "version.mlflow": mlflow.__version__, "version.python": platform.python_version(),
+        }
+
+
+def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
+    """Check everything that can be checked before touching MLflow or the study, in that order,
+    so that a bad flag, file or server leaves no trace anywhere. `tracker_wait`: seconds to wait
+    for a tracking server that does not answer (a worker joining a study under way)."""
+    space = load_space(options.config)
+    try:
+        device = resolve_device(options.device)
+    except ValueError as exc:
+        raise SearchError(f"--{exc}") from None
+    database = check_storage(options.storage)
+    ratings = ingest.load(options.dataset or space.dataset)
+    s = space.split
+    data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
+    tracker = Tracker.connect(resolve_tracking_uri(options.tracking_uri), options.experiment, wait=tracker_wait)
+    storage = database or open_storage(options.storage)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
+    shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed)
+    return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"

@@ -1,0 +1,200 @@
+"""The shared study: Optuna storage, the study and its once-only claims, the trial cap, and the
+MLflow parent run every worker attaches to (with the sweeps that close runs dead workers left).
+
+Only Optuna's public API is used: the claims go through the storage this module opened (not the
+study's private `_storage`), and the heartbeat is read from that same object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.search.options import SearchError
+from pipeline.space import SearchSpace
+from pipeline.split import Split
+from pipeline.tracking import Tracker
+
+__all__ = ["Cap", "CloseStaleRuns", "SharedStudy", "attach_parent", "check_storage", "close_orphan_runs",
+           "open_storage", "open_study"]
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def check_storage(url: str) -> optuna.storages.BaseStorage | None:
+    """Fail early on a storage that cannot work: a database is opened (returned, to be reused); a
+    journal's folder is only checked, because opening a journal creates its file."""
+    if "://" in url:
+        return open_storage(url)
+    _journal_path(url)
+    return None
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A database URL (postgresql+psycopg2://, sqlite:///...) or a journal file path (the default:
+    safe for several local processes, which SQLite is not)."""
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(_journal_path(url))))
+    import sqlalchemy.exc
+
+    kwargs = {}
+    if not url.startswith("sqlite"):
+        # Stale trials of dead workers are failed after the grace period (and retried: CloseStaleRuns).
+        kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
+                      grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
+                      engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers starting together race to create the tables; the loser finds them next time.
+            time.sleep(0.5 + attempt)
+        except Exception as exc:  # noqa: BLE001 - driver errors share no base worth naming
+            raise SearchError(f"--storage {url}: cannot open ({type(exc).__name__}: {exc})") from None
+    raise SearchError(f"--storage {url}: could not create Optuna's tables (another process keeps racing)")
+
+
+def _journal_path(url: str) -> Path:
+    path = Path(url.removeprefix("journal:"))
+    if not path.parent.is_dir():
+        raise SearchError(f"--storage {url}: folder {path.parent} does not exist")
+    return path
+
+
+@dataclass(frozen=True)
+class SharedStudy:
+    """A study and the storage it lives in, shared by every worker of every machine."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def heartbeat(self) -> bool:
+        """Whether dead workers' trials are failed by a heartbeat (RDB storages with an interval)."""
+        return isinstance(self.storage, optuna.storages.RDBStorage) and bool(self.storage.get_heartbeat_interval())
+
+    def claim(self, what: str) -> bool:
+        """True for exactly one caller per (study, what), across processes and machines.
+
+        Optuna's storages have one atomic primitive that every backend shares: a study name is
+        unique (a database constraint; the journal's log order). A marker study named after the
+        claim is it."""
+        try:
+            self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"{self.name}:{what}")
+            return True
+        except optuna.exceptions.DuplicatedStudyError:
+            return False
+
+    def wait_for(self, key: str, timeout: float = 600.0, check=lambda value: True):
+        """The study user attr `key`, once another worker has set it (and `check` accepts it)."""
+        deadline = time.monotonic() + timeout
+        while (value := self.study.user_attrs.get(key)) is None or not check(value):
+            if time.monotonic() > deadline:
+                raise SearchError(f"study {self.name!r}: waited {timeout:.0f} s for another worker to set {key!r}")
+            time.sleep(0.5)
+        return value
+
+
+def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -> SharedStudy:
+    """Create or resume `name`; refuse it if it was made for another search space or split."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+                                sampler=space.make_sampler(seed), pruner=space.make_pruner())
+    shared = SharedStudy(study, storage)
+    expected = {"space_digest": space.digest(), "split_fingerprint": data.fingerprint}
+    attrs = study.user_attrs
+    for key, value in expected.items():
+        if key in attrs and attrs[key] != value:
+            raise SearchError(
+                f"study {name!r} was created for another {key.split('_')[0]} ({key} {attrs[key][:12]}…, "
+                f"this run's {value[:12]}…): pass a new --study-name, or the original search space and data")
+    if not attrs and shared.claim("init"):  # once, however many workers start together
+        if space.reference:  # trial 0: the d2l tutorial's configuration, the study's reference point
+            study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
+    return shared
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The study-wide trial cap, one rule for every worker: a trial holds a slot while it is
+    complete, pruned, running or waiting (a failed trial gives its slot back), and slots go to
+    the lowest trial numbers, so workers racing for the last one agree on who got it."""
+
+    n: int
+
+    HOLDERS = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+    def admits(self, trial_number: int, trials: list[FrozenTrial]) -> bool:
+        return sum(t.number < trial_number and t.state in self.HOLDERS for t in trials) < self.n
+
+    def next_step(self, trials: list[FrozenTrial], heartbeat: bool) -> str:
+        """"stop" (cap reached, or every slot's worth of trials failed), "wait" (running trials
+        fill it and a heartbeat may yet fail a dead one), or "run" one more trial."""
+        states = Counter(t.state for t in trials)
+        finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        if finished >= self.n or states[TrialState.FAIL] >= self.n:
+            return "stop"
+        if finished + states[TrialState.RUNNING] >= self.n and not states[TrialState.WAITING]:
+            # Without a heartbeat nobody can fail a dead worker's trial: waiting could be forever.
+            return "wait" if heartbeat else "stop"
+        return "run"
+
+    def finished(self, trials: list[FrozenTrial]) -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -> bool:
+    """Attach to the study's one MLflow parent run, creating it if this process wins the claim.
+    Returns True when this process created it (and so logs the study's inputs)."""
+    previous = shared.study.user_attrs.get(PARENT_ATTR)
+    if previous is not None and tracker.reopen_parent(previous, tags):
+        return False
+    # Claim keyed by the run it replaces: a tracking store that lost the old parent gets one new one.
+    if shared.claim(f"mlflow-parent-after-{previous or 'none'}"):
+        shared.study.set_user_attr(PARENT_ATTR, tracker.create_parent(shared.name, tags))
+        return True
+    run_id = shared.wait_for(PARENT_ATTR, check=lambda value: value != previous)
+    if not tracker.reopen_parent(run_id, tags):
+        raise SearchError(f"MLflow parent run {run_id} of study {shared.name!r} is not in {tracker.tracking_uri}")
+    return False
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
+    """Close child runs left RUNNING by a trial that is over (a worker killed or interrupted at a
+    bad moment); returns how many. Runs of trials still running elsewhere are left alone."""
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in tracker.running_children():
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if states.get(number, TrialState.FAIL) not in (TrialState.RUNNING, TrialState.WAITING):
+            tracker.fail_run(run.info.run_id, f"trial {number} ended without closing its run")
+            closed += 1
+    return closed
+
+
+class CloseStaleRuns:
+    """Heartbeat callback: a trial whose worker died is failed by Optuna and retried
+    (RetryHeartbeatStaleTrialCallback); its MLflow child run, left RUNNING, is closed as FAILED."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.fail_run(run_id, f"worker died: no heartbeat for trial {trial.number}; retried")

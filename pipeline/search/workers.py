@@ -1,0 +1,81 @@
+"""The trial loop, run here and in the `--workers N` - 1 processes beside it, all sharing the
+study's cap through the storage."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+import warnings
+
+import optuna
+
+from pipeline.search.objective import EXPECTED_FAILURES
+from pipeline.search.options import SearchOptions
+from pipeline.search.report import Progress
+from pipeline.search.session import Session, prepare
+from pipeline.search.study import attach_parent
+
+__all__ = ["quiet_libraries", "run_trials", "run_workers"]
+
+
+def quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress line reports each trial
+
+
+def run_trials(session: Session, *, quiet: bool) -> int:
+    """Run trials until the study's cap says stop, counting every worker's; returns how many this
+    process ran. One trial per `optimize` call, so the cap is checked before each trial, and a
+    worker that finds the others' running trials fill the cap waits for them where a heartbeat
+    can still fail them (a dead worker's trial is then retried)."""
+    study, cap, shared = session.study, session.cap, session.shared
+    objective = session.objective()
+    progress = Progress(cap.n, cap.finished(study.get_trials(deepcopy=False)), quiet)
+    timeout = session.options.timeout or session.space.timeout
+    deadline = time.monotonic() + timeout if timeout else None
+    ran = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if shared.heartbeat:
+                optuna.storages.fail_stale_trials(study)
+            step = cap.next_step(study.get_trials(deepcopy=False), shared.heartbeat)
+            if step == "stop":
+                break
+            if step == "wait":
+                time.sleep(1.0)
+                continue
+            study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
+            ran += 1
+    finally:
+        progress.close()
+    return ran
+
+
+def run_workers(session: Session) -> int:
+    """Run the trial loop here and, for `--workers N`, in N - 1 more processes, each with its own
+    copy of the data on its device. Returns 0, or the first failing worker's exit code (130 for
+    Ctrl-C)."""
+    context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
+    helpers = [context.Process(target=_worker, args=(session.options,), name=f"worker-{i}")
+               for i in range(1, session.options.workers)]
+    for w in helpers:
+        w.start()  # their start-up (imports, data) overlaps with this process's first trials
+    try:
+        run_trials(session, quiet=session.options.quiet)
+    finally:  # on Ctrl-C the helpers got the same SIGINT: let them close their trials
+        for w in helpers:
+            w.join()
+    codes = [w.exitcode for w in helpers]
+    return next((130 if c in (130, -2) else c for c in codes if c), 0)
+
+
+def _worker(options: SearchOptions) -> None:
+    """One helper process: the trial loop only; the parent run exists and the caller finishes."""
+    quiet_libraries()
+    try:
+        session = prepare(options, tracker_wait=60.0)  # the study is under way: ride out a short outage
+        attach_parent(session.shared, session.tracker, {})
+        run_trials(session, quiet=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

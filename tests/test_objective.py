@@ -1,0 +1,133 @@
+"""The trial function and its rules without storage or MLflow: a FixedTrial, a recording tracker,
+and the study cap on hand-made trials."""
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import FixedTrial, TrialState, create_trial
+
+from pipeline.evaluate import baselines
+from pipeline.search.objective import Objective, OverCap, tracked
+from pipeline.search.study import Cap
+from pipeline.space import load_space
+from pipeline.tracking import TrackingError
+from pipeline.trainer import TrainConfig, TrainingDiverged
+
+PARAMS = {"optimizer": "sparse_sgd", "factors": 8, "lr.sparse_sgd": 0.02, "l2": 0.05, "batch_size": 256}
+
+
+class RecordingRun:
+    def __init__(self, fail_on_end: bool = False) -> None:
+        self.run_id, self.epochs, self.final, self.ended, self.fail_on_end = "run-1", [], {}, [], fail_on_end
+
+    def epoch(self, epoch, **values):
+        self.epochs.append((epoch, values))
+
+    def log(self, **values):
+        self.final.update(values)
+
+    def end(self, status, tags=None):
+        self.ended.append((status, tags))
+        if self.fail_on_end and len(self.ended) == 1:
+            raise TrackingError("store went away")
+
+
+class RecordingTracker:
+    def __init__(self, **run_options) -> None:
+        self.run, self.started = RecordingRun(**run_options), []
+
+    def start_trial(self, number, params, study_name):
+        self.started.append((number, params, study_name))
+        return self.run
+
+
+def _objective(split, tracker=None, cap=None):
+    return Objective(load_space("quick"), split.part("train"), split.part("valid"), split.dims,
+                     device=torch.device("cpu"), seed=0, tracker=tracker, study_name="s", cap=cap)
+
+
+def test_a_fixed_trial_trains_reports_and_records_its_config(small_split):
+    trial = FixedTrial(PARAMS)
+    value = _objective(small_split)(trial)
+    biases = baselines(small_split.part("train"), small_split.part("valid"), **small_split.dims)["biases_only"]
+    assert value < biases.rmse - 0.1
+    assert trial.user_attrs["config"]["factors"] == 8 and trial.user_attrs["config"]["optimizer"] == "sparse_sgd"
+    assert 1 <= trial.user_attrs["best_epoch"] <= 8
+    assert _objective(small_split)(FixedTrial(PARAMS)) == value  # same trial number, same seed, same value
+    assert _objective(small_split)(FixedTrial(PARAMS, number=1)) != value
+
+
+def test_the_reference_trial_is_the_d2l_configuration(small_split):
+    trial = FixedTrial({})
+    trial.set_user_attr("reference", "d2l")
+    tracker = RecordingTracker()
+    assert math.isfinite(_objective(small_split, tracker)(trial))
+    number, params, _ = tracker.started[0]
+    assert (params["factors"], params["optimizer"], params["lr"], params["batch_size"], params["epochs"]) == (
+        30, "adam", 0.002, 512, 20)  # the tutorial's, whatever the space
+    run = tracker.run
+    assert run.ended == [("FINISHED", {"optuna.state": "COMPLETE"})]
+    assert [e for e, _ in run.epochs] == list(range(1, len(run.epochs) + 1))
+    assert run.final["best_valid_rmse"] == pytest.approx(min(v["valid_rmse"] for _, v in run.epochs))
+
+
+@pytest.mark.parametrize("error,status,state", [
+    (optuna.TrialPruned("pruned at epoch 3"), "KILLED", "PRUNED"),
+    (TrainingDiverged(2, float("nan")), "FAILED", "FAIL"),
+    (KeyboardInterrupt(), "KILLED", "FAIL"),
+    (ZeroDivisionError("a bug"), "FAILED", "FAIL"),
+])
+def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error, status, state):
+    trial, tracker = FixedTrial({}), RecordingTracker()
+    with pytest.raises(type(error)):
+        with tracked(trial, tracker, "s") as life:
+            life.start(TrainConfig())
+            raise error
+    assert len(tracker.run.ended) == 1
+    ended_status, tags = tracker.run.ended[0]
+    assert (ended_status, tags["optuna.state"]) == (status, state)
+    if state == "FAIL":
+        assert trial.user_attrs["fail_reason"] and tags["fail_reason"] == trial.user_attrs["fail_reason"]
+
+
+def test_a_result_that_cannot_be_recorded_fails_the_trial(small_split):
+    trial, tracker = FixedTrial(PARAMS), RecordingTracker(fail_on_end=True)
+    with pytest.raises(TrackingError):
+        _objective(small_split, tracker)(trial)
+    assert [s for s, _ in tracker.run.ended] == ["FINISHED", "FAILED"]
+    assert "store went away" in trial.user_attrs["fail_reason"]
+
+
+def _trials(*states):
+    study = optuna.create_study()
+    for state in states:
+        study.add_trial(create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                                     params={}, distributions={}))
+    return study.get_trials(deepcopy=False)
+
+
+def test_the_cap_rule():
+    C, P, R, W, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL
+    cap = Cap(3)
+    trials = _trials(C, F, R, P, R)  # numbers 0-4; the failed trial 1 gave its slot back
+    assert cap.admits(3, trials) and not cap.admits(4, trials)
+    assert cap.next_step(_trials(C, P, C), heartbeat=True) == "stop"
+    assert cap.next_step(_trials(F, F, F), heartbeat=False) == "stop"
+    assert cap.next_step(_trials(C, R, R), heartbeat=True) == "wait"
+    assert cap.next_step(_trials(C, R, R), heartbeat=False) == "stop"
+    assert cap.next_step(_trials(C, R, R, W), heartbeat=False) == "run"  # a retried trial waits its turn
+    assert cap.next_step(_trials(C, F), heartbeat=False) == "run"
+    assert cap.finished(trials) == 2
+
+
+def test_an_over_cap_trial_fails_before_any_run_starts(small_split):
+    study = optuna.create_study()
+    for _ in range(2):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, params={}, distributions={}))
+    tracker = RecordingTracker()
+    study.optimize(_objective(small_split, tracker, cap=Cap(2)), n_trials=1, catch=(OverCap,))
+    last = study.trials[-1]
+    assert last.state == TrialState.FAIL and "over the study's cap" in last.user_attrs["fail_reason"]
+    assert tracker.started == []
