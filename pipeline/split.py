@@ -113,36 +113,10 @@ def split(
     `test` fraction is test and the `valid` fraction before it is valid. leave_last_k: each user's
     last `k` rows are test and the `k` before them valid (users with too few rows stay in train).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"split strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    for key, value in (("test", test), ("valid", valid)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"split {key}={value}: expected a fraction in [0, 1)")
-    if test + valid >= 1.0:
-        raise ValueError(f"split test + valid = {test + valid:g}: expected < 1 so that train is not empty")
-    if cold not in ("keep", "drop"):
-        raise ValueError(f"split cold={cold!r}: expected 'keep' or 'drop'")
-    if strategy == "leave_last_k" and k < 1:
-        raise ValueError(f"split k={k}: expected k >= 1")
-
-    rng = np.random.default_rng(seed)
+    _check(strategy, test, valid, k, cold)
     frame = ratings.frame
-    n = len(frame)
-    if strategy == "random":
-        order = rng.permutation(n)
-        n_test, n_valid = round(test * n), round(valid * n)
-        test_rows, valid_rows = order[:n_test], order[n_test : n_test + n_valid]
-    elif strategy == "temporal":
-        if frame["timestamp"].nunique() < 2:
-            raise ValueError(f"{ratings.name}: temporal split needs timestamps; all rows have the same one")
-        # Latest first; ties broken by the seeded shuffle so equal timestamps do not follow file order.
-        order = np.lexsort((rng.random(n), -frame["timestamp"].to_numpy()))
-        n_test, n_valid = round(test * n), round(valid * n)
-        test_rows, valid_rows = order[:n_test], order[n_test : n_test + n_valid]
-    else:
-        test_rows, valid_rows = _per_user(frame, strategy, test, valid, k, rng)
-
-    held = np.zeros(n, dtype=bool)
+    test_rows, valid_rows = _held_out(ratings, strategy, test, valid, k, np.random.default_rng(seed))
+    held = np.zeros(len(frame), dtype=bool)
     held[test_rows] = held[valid_rows] = True
     train_rows = np.flatnonzero(~held)
     user_ids = np.unique(frame["user_id"].to_numpy()[train_rows])
@@ -163,6 +137,37 @@ def split(
     return Split(ratings=ratings, train_rows=train_rows, valid_rows=parts["valid"], test_rows=parts["test"],
                  user_ids=user_ids, item_ids=item_ids, settings=settings, cold=counts,
                  fingerprint=hashlib.sha256(blob.encode()).hexdigest())
+
+
+def _check(strategy: str, test: float, valid: float, k: int, cold: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"split strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    for key, value in (("test", test), ("valid", valid)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"split {key}={value}: expected a fraction in [0, 1)")
+    if test + valid >= 1.0:
+        raise ValueError(f"split test + valid = {test + valid:g}: expected < 1 so that train is not empty")
+    if cold not in ("keep", "drop"):
+        raise ValueError(f"split cold={cold!r}: expected 'keep' or 'drop'")
+    if strategy == "leave_last_k" and k < 1:
+        raise ValueError(f"split k={k}: expected k >= 1")
+
+
+def _held_out(ratings: Ratings, strategy, test, valid, k, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(test rows, valid rows) of the strategy: positions into `ratings.frame`."""
+    frame = ratings.frame
+    n = len(frame)
+    if strategy == "random":
+        order = rng.permutation(n)
+    elif strategy == "temporal":
+        if frame["timestamp"].nunique() < 2:
+            raise ValueError(f"{ratings.name}: temporal split needs timestamps; all rows have the same one")
+        # Latest first; ties broken by the seeded shuffle so equal timestamps do not follow file order.
+        order = np.lexsort((rng.random(n), -frame["timestamp"].to_numpy()))
+    else:
+        return _per_user(frame, strategy, test, valid, k, rng)
+    n_test, n_valid = round(test * n), round(valid * n)
+    return order[:n_test], order[n_test : n_test + n_valid]
 
 
 def _per_user(frame, strategy, test, valid, k, rng) -> tuple[np.ndarray, np.ndarray]:
