@@ -131,3 +131,24 @@ def test_an_over_cap_trial_fails_before_any_run_starts(small_split):
     last = study.trials[-1]
     assert last.state == TrialState.FAIL and "over the study's cap" in last.user_attrs["fail_reason"]
     assert tracker.started == []
+
+
+def test_a_first_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
+    import os
+    import signal
+    import time
+
+    from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted
+
+    reached = False
+    with catching_sigint():
+        with pytest.raises(KeyboardInterrupt):
+            with deferring():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run: recorded, not raised
+                reached = True
+                raise_if_interrupted()
+        assert reached
+        with pytest.raises(KeyboardInterrupt):  # outside the loop it raises at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)

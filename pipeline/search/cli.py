@@ -12,6 +12,7 @@ import sys
 from optuna.trial import TrialState
 
 from pipeline.ingest import IngestError
+from pipeline.search.interrupt import catching_sigint
 from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.report import print_summary, start_line
@@ -28,6 +29,11 @@ USER_ERRORS = (SpaceError, IngestError, TrackingError, SearchError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    with catching_sigint():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     quiet_libraries()
     try:
         options = SearchOptions.parse(argv)

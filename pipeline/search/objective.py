@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import optuna
 import torch
 
+from pipeline.search.interrupt import raise_if_interrupted
 from pipeline.search.study import Cap
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
@@ -130,6 +131,7 @@ class Objective:
 def _reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
     """The epoch callback: log the curve, report to Optuna, prune."""
     def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
+        raise_if_interrupted()
         run.epoch(epoch, train_mse=train_mse, valid_rmse=valid_rmse)
         trial.report(valid_rmse, epoch)
         if trial.should_prune():

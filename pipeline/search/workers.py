@@ -10,6 +10,7 @@ import warnings
 
 import optuna
 
+from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted
 from pipeline.search.objective import EXPECTED_FAILURES
 from pipeline.search.options import SearchOptions
 from pipeline.search.report import Progress
@@ -36,17 +37,19 @@ def run_trials(session: Session, *, quiet: bool) -> int:
     deadline = time.monotonic() + timeout if timeout else None
     ran = 0
     try:
-        while deadline is None or time.monotonic() < deadline:
-            if shared.heartbeat:
-                optuna.storages.fail_stale_trials(study)
-            step = cap.next_step(study.get_trials(deepcopy=False), shared.heartbeat)
-            if step == "stop":
-                break
-            if step == "wait":
-                time.sleep(1.0)
-                continue
-            study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
-            ran += 1
+        with deferring():  # Ctrl-C lands between trials or epochs, never inside a storage write
+            while deadline is None or time.monotonic() < deadline:
+                raise_if_interrupted()
+                if shared.heartbeat:
+                    optuna.storages.fail_stale_trials(study)
+                step = cap.next_step(study.get_trials(deepcopy=False), shared.heartbeat)
+                if step == "stop":
+                    break
+                if step == "wait":
+                    time.sleep(1.0)
+                    continue
+                study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
+                ran += 1
     finally:
         progress.close()
     return ran
@@ -74,8 +77,9 @@ def _worker(options: SearchOptions) -> None:
     """One helper process: the trial loop only; the parent run exists and the caller finishes."""
     quiet_libraries()
     try:
-        session = prepare(options, tracker_wait=60.0)  # the study is under way: ride out a short outage
-        attach_parent(session.shared, session.tracker, {})
-        run_trials(session, quiet=True)
+        with catching_sigint():
+            session = prepare(options, tracker_wait=60.0)  # the study is under way: ride out a short outage
+            attach_parent(session.shared, session.tracker, {})
+            run_trials(session, quiet=True)
     except KeyboardInterrupt:
         sys.exit(130)
