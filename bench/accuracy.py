@@ -48,9 +48,6 @@ def surprise_scores(algo, testset) -> tuple[float, float]:
 
 
 def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None) -> dict:
-    from surprise import SVD
-    from surprise.model_selection import RandomizedSearchCV
-
     ratings = ingest.load("ml-100k")
     data = split(ratings, seed=seed)
     dims = data.dims
@@ -67,6 +64,9 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
             rows[name] = tuple(reuse["rows"][name])
         out = {"seed": seed, "rows": rows, **{k: reuse[k] for k in ("surprise_search_seconds", "surprise_best_params")}}
         return _with_search(out, seed, run_search)
+    from surprise import SVD
+    from surprise.model_selection import RandomizedSearchCV
+
     dataset, testset = surprise_rows(data)
     trainset = dataset.build_full_trainset()
     rows["Surprise SVD, defaults"] = surprise_scores(SVD(random_state=seed).fit(trainset), testset)
@@ -91,6 +91,7 @@ def _with_search(out: dict, seed: int, run_search: bool) -> dict:
         record = search_default.run_default(seed)
         out["rows"]["pipeline default search (refit champion)"] = (record["test_rmse"], record["test_mae"])
         out["search_seconds"] = record["wall_seconds"]
+        out["search_best_params"] = record["best_params"]
     return out
 
 

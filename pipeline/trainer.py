@@ -17,16 +17,18 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from pipeline.bayes import IMPLICIT, gibbs
 from pipeline.device import cpu_threads, resolve_device
 from pipeline.evaluate import squared_error_sum
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit", "refit"]
+__all__ = ["FAMILIES", "OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit", "refit"]
 
 # torch.optim classes used as they are; "sparse_sgd" is ours: plain SGD applied only to the rows in
 # the batch (lazy: no dense state, no dense pass over the tables), as in Funk / Surprise SVD.
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "sparse_sgd")
+FAMILIES = ("mf", "bayes")
 
 # (epoch, train_loss, valid_rmse) -> True to stop training. May raise (e.g. optuna.TrialPruned).
 EpochCallback = Callable[[int, float, float], "bool | None"]
@@ -45,6 +47,14 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """One model's hyperparameters. Defaults: the d2l tutorial's configuration (the seed)."""
 
+    family: str = "mf"
+    """The model family and how it learns: mf (biased MF trained by `optimizer`) or bayes (Bayesian
+    MF by Gibbs sampling, pipeline.bayes: epochs are sweeps; the optimizer's settings are unused)."""
+    implicit: str = "none"
+    """Implicit-feedback blocks (bayes): none, user (SVD++: each user's rated items), item (each
+    item's raters), or both."""
+    burn_in: int = 0
+    """bayes: sweeps discarded before the posterior mean starts averaging samples."""
     factors: int = 30
     """Latent dimensions k of p_u and q_i."""
     optimizer: str = "adam"
@@ -75,6 +85,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}"),
+            (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
+            (self.implicit == "none" or self.family == "bayes", "implicit", "none with family mf"),
+            (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.factors >= 1, "factors", ">= 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),
@@ -159,6 +173,11 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(seed)
     init_generator = torch.Generator().manual_seed(seed)
 
+    if config.family == "bayes":
+        result = FitResult(model=None)
+        gibbs(train, config, n_users=n_users, n_items=n_items, rating_scale=rating_scale, valid=valid,
+              generator=generator, callback=callback, result=result)
+        return result
     model = MatrixFactorization(n_users, n_items, config.factors,
                                 train.ratings.double().mean().item(), rating_scale).to(device)
     model.reset_parameters(init_generator, config.init_std)

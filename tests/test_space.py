@@ -18,7 +18,7 @@ def _write(tmp_path, content, name="space.yaml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["mf", "quick", "wide"])
+@pytest.mark.parametrize("name", ["mf", "sgd", "quick", "scale", "wide"])
 def test_the_shipped_spaces_load(name):
     space = load_space(SEARCH_SPACES / f"{name}.yaml")
     assert space.name == name and space.trials >= 1

@@ -1,0 +1,98 @@
+"""Bayesian peers on the pipeline's own ml-100k rows: myFM (Gibbs-sampled Bayesian FM) with user and
+item one-hot features, plain and with implicit-feedback blocks (each user's rated items and each
+item's raters, rows scaled 1/sqrt(n), built from the fitted rows only), beside our `bayes` family.
+
+    python bench/peers_bayes.py [--seeds 0 1 2] [--rank 10] [--samples 300]
+
+Everything is fitted on train+valid and scored once on test (random 80/10/10, split seeds 0-2).
+Needs the `bench` extra (myfm). Writes bench/results/peers_bayes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipeline import ingest
+from pipeline.evaluate import evaluate
+from pipeline.split import split
+from pipeline.trainer import TrainConfig, refit
+
+
+def _features(users, items, fit_users, fit_items, n_users, n_items, implicit: bool):
+    """One-hot user and item blocks, plus (implicit) the normalized rated-items / raters blocks."""
+    rows = np.arange(len(users))
+    blocks = [sp.csr_matrix((np.ones(len(users)), (rows, users)), shape=(len(users), n_users)),
+              sp.csr_matrix((np.ones(len(users)), (rows, items)), shape=(len(users), n_items))]
+    if implicit:
+        rated = sp.csr_matrix((np.ones(len(fit_users)), (fit_users, fit_items)), shape=(n_users, n_items))
+        rated = sp.diags(1 / np.sqrt(np.maximum(rated.sum(1).A1, 1))) @ rated
+        raters = sp.csr_matrix((np.ones(len(fit_items)), (fit_items, fit_users)), shape=(n_items, n_users))
+        raters = sp.diags(1 / np.sqrt(np.maximum(raters.sum(1).A1, 1))) @ raters
+        blocks += [rated[users], raters[items]]
+    return sp.hstack(blocks).tocsr(), [b.shape[1] for b in blocks]
+
+
+def myfm_scores(data, implicit: bool, rank: int, samples: int, seed: int) -> tuple[float, float, float]:
+    import myfm
+
+    fit_rows, test = data.part("train+valid"), data.part("test")
+    n_users, n_items = data.n_users + 1, data.n_items + 1  # + the fallback id for cold test rows
+    fu, fi = fit_rows.users.numpy(), fit_rows.items.numpy()
+    X, groups = _features(fu, fi, fu, fi, n_users, n_items, implicit)
+    X_test, _ = _features(test.users.numpy(), test.items.numpy(), fu, fi, n_users, n_items, implicit)
+    start = time.perf_counter()
+    model = myfm.MyFMRegressor(rank=rank, random_seed=seed).fit(
+        X, fit_rows.ratings.numpy(), n_iter=samples, group_shapes=groups)
+    seconds = time.perf_counter() - start
+    err = np.clip(model.predict(X_test), *data.ratings.rating_scale) - test.ratings.numpy()
+    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))), seconds
+
+
+def ours(data, rank: int, sweeps: int, seed: int) -> tuple[float, float, float]:
+    config = TrainConfig(family="bayes", implicit="both", factors=rank, epochs=sweeps, burn_in=20, init_std=0.1)
+    start = time.perf_counter()
+    model = refit(data.part("train+valid"), config, sweeps, seed=seed, threads=None, **data.dims).model
+    m = evaluate(model, data.part("test"))
+    return m.rmse, m.mae, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--samples", type=int, default=300)
+    args = p.parse_args()
+    ratings = ingest.load("ml-100k")
+    rows: dict[str, list] = {}
+    for seed in args.seeds:
+        data = split(ratings, seed=seed)
+        for name, run in ((f"myFM rank {args.rank}, {args.samples} samples, plain",
+                           lambda: myfm_scores(data, False, args.rank, args.samples, seed)),
+                          (f"myFM rank {args.rank}, {args.samples} samples, implicit blocks",
+                           lambda: myfm_scores(data, True, args.rank, args.samples, seed)),
+                          (f"pipeline bayes, rank {args.rank}, both blocks, {args.samples} sweeps",
+                           lambda: ours(data, args.rank, args.samples, seed))):
+            rows.setdefault(name, []).append(run())
+            print(f"seed {seed} {name}: RMSE {rows[name][-1][0]:.4f}, {rows[name][-1][2]:.0f} s", flush=True)
+    table = {name: {"rmse_mean": statistics.mean(r[0] for r in runs), "mae_mean": statistics.mean(r[1] for r in runs),
+                    "seconds_mean": statistics.mean(r[2] for r in runs), "rmse_per_seed": [r[0] for r in runs]}
+             for name, runs in rows.items()}
+    for name, t in table.items():
+        print(f"{name:<55} RMSE {t['rmse_mean']:.4f}  MAE {t['mae_mean']:.4f}  {t['seconds_mean']:.0f} s/fit  "
+              f"per seed {', '.join(f'{x:.4f}' for x in t['rmse_per_seed'])}")
+    out = Path(__file__).parent / "results" / "peers_bayes.json"
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "table": table,
+                               "command": "python bench/peers_bayes.py " + " ".join(sys.argv[1:])}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

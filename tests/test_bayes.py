@@ -1,0 +1,126 @@
+"""The Bayesian family: its conditionals, its known answers on synthetic data, determinism, and
+the export into the one raw-id scorer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import bayes
+from pipeline.evaluate import evaluate
+from pipeline.model import RawIdScorer
+from pipeline.trainer import TrainConfig, fit, refit
+
+
+def _config(**changes):
+    return TrainConfig(**{**dict(family="bayes", factors=4, epochs=12, burn_in=4, init_std=0.1), **changes})
+
+
+def test_the_gaussian_draws_have_the_conditional_mean_and_covariance():
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    precision, rhs = a.expand(20_000, 2, 2), torch.tensor([1.0, -1.0]).expand(20_000, 2)
+    draws = bayes._gaussian(precision.contiguous(), rhs.contiguous(), g)
+    covariance = torch.linalg.inv(a)
+    np.testing.assert_allclose(draws.mean(0), covariance @ torch.tensor([1.0, -1.0]), atol=0.02)
+    np.testing.assert_allclose(torch.cov(draws.T), covariance, atol=0.02)
+
+
+def test_the_hyperparameters_follow_the_rows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 3, generator=g) * torch.tensor([0.5, 1.0, 2.0]) + torch.tensor([1.0, 0.0, -1.0])
+    mean, lam = bayes._hyper(x, g)
+    np.testing.assert_allclose(mean, [1.0, 0.0, -1.0], atol=0.1)
+    np.testing.assert_allclose(lam, [4.0, 1.0, 0.25], rtol=0.1)
+
+
+@pytest.mark.parametrize("implicit", bayes.IMPLICIT)
+def test_it_finds_the_low_rank_truth_and_its_noise_level(small_split, implicit):
+    result = fit(small_split.part("train"), _config(implicit=implicit, epochs=30, burn_in=10),
+                 valid=small_split.part("valid"), device="cpu", **small_split.dims)
+    assert result.best_valid_rmse < 0.25 * 1.3  # the noise std is 0.25
+    assert result.best_valid_rmse == pytest.approx(evaluate(result.model, small_split.part("valid")).rmse, abs=1e-5)
+
+
+def test_the_noise_precision_is_estimated():
+    from pipeline import ingest
+    from pipeline.split import split
+
+    data = split(ingest.synthetic(400, 200, 20_000, rank=3, noise=0.5, seed=3), seed=0)
+    train = data.part("train")
+    sampler = bayes._Sampler(train, data.n_users, data.n_items, 3, "both", 0.1, torch.Generator().manual_seed(0))
+    for _ in range(25):
+        sampler.sweep()
+    assert sampler.alpha.item() ** -0.5 == pytest.approx(0.5, rel=0.15)
+
+
+def test_the_exported_scorer_is_the_posterior_mean(small_split):
+    g = torch.Generator().manual_seed(1)
+    data = small_split
+    sampler = bayes._Sampler(data.part("train"), data.n_users, data.n_items, 3, "both", 0.1, g)
+    samples = []
+    for _ in range(5):
+        sampler.sweep()
+        samples.append(tuple(t.clone() for t in sampler.totals()))
+    test = data.part("test")
+    direct = torch.stack([sampler.mu + (U[test.users] * V[test.items]).sum(1) for U, V in samples]).mean(0)
+    model = bayes.export(samples, 3, sampler.mu, data.ratings.rating_scale)
+    with torch.no_grad():
+        exported, served = model(test.users, test.items), scorer_of(model, data)(pairs_of(data))
+    np.testing.assert_allclose(exported, direct, atol=1e-4)
+    # and through the raw-id export wrapper, as it is logged
+    np.testing.assert_allclose(served, direct.clamp(*data.ratings.rating_scale), atol=1e-4)
+
+
+def scorer_of(model, data):
+    return RawIdScorer(model, torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids))
+
+
+def pairs_of(data):
+    return torch.from_numpy(data.ratings.frame[["user_id", "item_id"]].to_numpy()[data.test_rows])
+
+
+def test_same_seed_same_model_other_seed_other_model(small_split):
+    def tables(seed):
+        model = fit(small_split.part("train"), _config(implicit="both"), seed=seed, device="cpu",
+                    **small_split.dims).model
+        return model.users.detach(), model.items.detach()
+
+    a, b, c = tables(0), tables(0), tables(1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_refit_keeps_the_best_sweep_count_and_early_stopping_works(small_split):
+    config = _config(epochs=40, burn_in=3, patience=2)
+    seen = []
+    result = fit(small_split.part("train"), config, valid=small_split.part("valid"), device="cpu",
+                 callback=lambda sweep, mse, rmse: seen.append(sweep), **small_split.dims)
+    assert seen == list(range(1, len(seen) + 1)) and len(result.history) == len(seen)
+    assert result.best_epoch > config.burn_in and math.isfinite(result.best_valid_rmse)
+    final = refit(small_split.part("train+valid"), config, result.best_epoch, device="cpu", **small_split.dims)
+    assert len(final.history) == result.best_epoch
+    assert final.model.users.shape[1] == (result.best_epoch - config.burn_in) * 4 + 2
+
+
+def test_bad_bayes_configs_are_refused():
+    with pytest.raises(ValueError, match="implicit='user': expected none with family mf"):
+        TrainConfig(implicit="user")
+    with pytest.raises(ValueError, match="burn_in=20"):
+        TrainConfig(family="bayes", epochs=20, burn_in=20)
+
+
+def test_many_samples_reduce_exactly_to_the_smaller_side():
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(4):  # 4 samples x 3 factors = 12 columns > 7 user rows
+        U, V = torch.randn(7, 5, generator=g), torch.randn(12, 5, generator=g)
+        U[:, 4], V[:, 3] = 1.0, 1.0  # the constant columns of [p, b_u, 1] and [q, 1, b_i]
+        samples.append((U, V))
+    model = bayes.export(samples, 3, 3.0, (-100.0, 100.0))
+    assert model.factors == 7
+    users, items = torch.arange(7).repeat_interleave(12), torch.arange(12).repeat(7)
+    direct = torch.stack([3.0 + (U[users] * V[items]).sum(1) for U, V in samples]).mean(0)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(users, items), direct, atol=1e-4)
