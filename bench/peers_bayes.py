@@ -26,33 +26,39 @@ from pipeline.split import split
 from pipeline.trainer import TrainConfig, refit
 
 
-def _features(users, items, fit_users, fit_items, n_users, n_items, implicit: bool):
-    """One-hot user and item blocks, plus (implicit) the normalized rated-items / raters blocks."""
-    rows = np.arange(len(users))
-    blocks = [sp.csr_matrix((np.ones(len(users)), (rows, users)), shape=(len(users), n_users)),
-              sp.csr_matrix((np.ones(len(users)), (rows, items)), shape=(len(users), n_items))]
+def _relations(fit_users, fit_items, n_users: int, n_items: int, implicit: bool):
+    """Per-user and per-item feature rows (myFM relation blocks: each computed once per entity, not
+    per rating): one-hot, plus (implicit) the normalized rated-items / raters rows; and the groups."""
+    user_rows, item_rows = [sp.identity(n_users, format="csr")], [sp.identity(n_items, format="csr")]
+    groups = [n_users, n_items]
     if implicit:
-        rated = sp.csr_matrix((np.ones(len(fit_users)), (fit_users, fit_items)), shape=(n_users, n_items))
-        rated = sp.diags(1 / np.sqrt(np.maximum(rated.sum(1).A1, 1))) @ rated
-        raters = sp.csr_matrix((np.ones(len(fit_items)), (fit_items, fit_users)), shape=(n_items, n_users))
-        raters = sp.diags(1 / np.sqrt(np.maximum(raters.sum(1).A1, 1))) @ raters
-        blocks += [rated[users], raters[items]]
-    return sp.hstack(blocks).tocsr(), [b.shape[1] for b in blocks]
+        ones = np.ones(len(fit_users))
+        rated = sp.csr_matrix((ones, (fit_users, fit_items)), shape=(n_users, n_items))
+        raters = sp.csr_matrix((ones, (fit_items, fit_users)), shape=(n_items, n_users))
+        user_rows.append(sp.diags(1 / np.sqrt(np.maximum(rated.sum(1).A1, 1))) @ rated)
+        item_rows.append(sp.diags(1 / np.sqrt(np.maximum(raters.sum(1).A1, 1))) @ raters)
+        groups = [n_users, n_items, n_items, n_users]
+    return sp.hstack(user_rows).tocsr(), sp.hstack(item_rows).tocsr(), groups
 
 
 def myfm_scores(data, implicit: bool, rank: int, samples: int, seed: int) -> tuple[float, float, float]:
     import myfm
 
     fit_rows, test = data.part("train+valid"), data.part("test")
-    n_users, n_items = data.n_users + 1, data.n_items + 1  # + the fallback id for cold test rows
+    n_users, n_items = data.n_users + 1, data.n_items + 1  # + the fallback id of cold test rows
     fu, fi = fit_rows.users.numpy(), fit_rows.items.numpy()
-    X, groups = _features(fu, fi, fu, fi, n_users, n_items, implicit)
-    X_test, _ = _features(test.users.numpy(), test.items.numpy(), fu, fi, n_users, n_items, implicit)
+    users, items, groups = _relations(fu, fi, n_users, n_items, implicit)
+
+    def blocks(part):
+        return [myfm.RelationBlock(part.users.numpy(), users), myfm.RelationBlock(part.items.numpy(), items)]
+
     start = time.perf_counter()
     model = myfm.MyFMRegressor(rank=rank, random_seed=seed).fit(
-        X, fit_rows.ratings.numpy(), n_iter=samples, group_shapes=groups)
+        sp.csr_matrix((len(fu), 0)), fit_rows.ratings.numpy(), X_rel=blocks(fit_rows), n_iter=samples,
+        group_shapes=groups)
     seconds = time.perf_counter() - start
-    err = np.clip(model.predict(X_test), *data.ratings.rating_scale) - test.ratings.numpy()
+    predicted = model.predict(sp.csr_matrix((len(test), 0)), blocks(test))
+    err = np.clip(predicted, *data.ratings.rating_scale) - test.ratings.numpy()
     return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))), seconds
 
 
