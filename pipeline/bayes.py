@@ -24,7 +24,6 @@ into one `MatrixFactorization`: the kept samples' factor columns concatenated an
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import torch
@@ -32,7 +31,7 @@ import torch
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["IMPLICIT", "gibbs"]
+__all__ = ["IMPLICIT", "Chain", "export"]
 
 IMPLICIT = ("none", "user", "item", "both")
 _CG_ITERATIONS = 6  # warm-started from the previous sample: enough for the draw to settle
@@ -217,54 +216,56 @@ def _implicit_draw(W: torch.Tensor, side: _Side, S: torch.Tensor, residual: torc
     return x
 
 
-def gibbs(train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid, generator,
-          callback, result) -> None:
-    """Run the chain for config.epochs sweeps (config.burn_in discarded); fill `result` (a
-    trainer.FitResult) with the exported model, history and the best sweep. valid: scored after
-    every sweep by the running posterior mean (or the current sample during burn-in)."""
-    sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator)
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
-    best_rmse, best_kept, since = math.inf, 0, 0
-    for sweep in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        train_mse = float(sampler.sweep())  # one CPU-GPU sync point per sweep
-        result.train_seconds += time.perf_counter() - start
-        if not math.isfinite(train_mse):
-            from pipeline.trainer import TrainingDiverged
+class Chain:
+    """The sampler as the trainer's epochs (see trainer._run_epochs): `step` runs one sweep and keeps
+    its sample after burn-in, `score` is the valid RMSE of the running posterior mean (of the current
+    sample during burn-in), `update`/`restore` remember the best number of kept samples and export
+    the posterior mean over them as the model."""
 
-            raise TrainingDiverged(sweep, train_mse)
-        U, V = sampler.totals()
-        if sweep > config.burn_in:
-            kept.append((U.clone(), V.clone()))
-        valid_rmse = _valid_rmse(U, V, sampler.mu, valid, running, len(kept), sweep > config.burn_in, rating_scale)
-        result.history.append((sweep, train_mse, valid_rmse))
-        if kept and valid_rmse < best_rmse:
-            best_rmse, best_kept, since = valid_rmse, len(kept), 0
-        elif kept:
-            since += 1
-        stop = bool(callback(sweep, train_mse, valid_rmse)) if callback is not None else False
-        if stop or (valid and config.patience is not None and since >= config.patience):
-            result.stopped_early = sweep < config.epochs
-            break
-    if not kept:  # burn-in took every sweep: the last sample stands alone
-        kept, best_kept = [(U.clone(), V.clone())], 1
-    best_kept = best_kept or len(kept)
-    result.best_epoch = config.burn_in + best_kept if valid else len(result.history)
-    result.best_valid_rmse = best_rmse if valid and best_rmse < math.inf else math.nan
-    result.model = export(kept[:best_kept], config.factors, sampler.mu, rating_scale)
-    result.examples_per_second = len(train) * len(result.history) / max(result.train_seconds, 1e-9)
+    def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
+                 generator) -> None:
+        self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator)
+        self.config, self.valid, self.rating_scale = config, valid, rating_scale
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
+        self.best_rmse, self.best_kept, self.since = math.inf, 0, 0
 
+    def step(self, sweep: int) -> float:
+        train_mse = float(self.sampler.sweep())  # one CPU-GPU sync point per sweep
+        self.current = tuple(t.clone() for t in self.sampler.totals())
+        self.keeping = sweep > self.config.burn_in
+        if self.keeping:
+            self.kept.append(self.current)
+        return train_mse
 
-def _valid_rmse(U, V, mu, valid, running, n_kept, keeping, rating_scale) -> float:
-    if not valid:
-        return math.nan
-    score = mu + (U[valid.users] * V[valid.items]).sum(1).double()
-    if keeping:
-        running += score
-        score = running / n_kept
-    err = score.clamp(*rating_scale) - valid.ratings.double()
-    return math.sqrt(err.square().mean().item())
+    def score(self) -> float:
+        if not self.valid:
+            return math.nan
+        U, V = self.current
+        score = self.sampler.mu + (U[self.valid.users] * V[self.valid.items]).sum(1).double()
+        if self.keeping:
+            self.running += score
+            score = self.running / len(self.kept)
+        err = score.clamp(*self.rating_scale) - self.valid.ratings.double()
+        return math.sqrt(err.square().mean().item())
+
+    def update(self, sweep: int, valid_rmse: float) -> int:
+        """Record the sweep; returns how many kept sweeps have passed without a better valid RMSE."""
+        if self.kept and valid_rmse < self.best_rmse:
+            self.best_rmse, self.best_kept, self.since = valid_rmse, len(self.kept), 0
+        elif self.kept:
+            self.since += 1
+        return self.since
+
+    def restore(self, result) -> None:
+        """Fill `result` (a trainer.FitResult): the best sweep count and the exported model."""
+        kept, best_kept = self.kept, self.best_kept
+        if not kept:  # stopped during burn-in: the last sample stands alone
+            kept, best_kept = [self.current], 1
+        best_kept = best_kept or len(kept)
+        result.best_epoch = self.config.burn_in + best_kept if self.valid else len(result.history)
+        result.best_valid_rmse = self.best_rmse if self.valid and self.best_rmse < math.inf else math.nan
+        result.model = export(kept[:best_kept], self.config.factors, self.sampler.mu, self.rating_scale)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from pipeline.bayes import IMPLICIT, gibbs
+from pipeline.bayes import IMPLICIT, Chain
 from pipeline.device import cpu_threads, resolve_device
 from pipeline.evaluate import squared_error_sum
 from pipeline.model import MatrixFactorization
@@ -159,11 +159,11 @@ def fit(
     threads: int | None = 1,
     compiled: bool = True,
 ) -> FitResult:
-    """Train biased MF on `train` (rows already encoded against n_users / n_items).
+    """Train a model of `config.family` on `train` (rows already encoded against n_users / n_items).
 
     valid: scored after every epoch (clamped RMSE) for the callback and early stopping; without
     it every epoch runs (patience needs a valid RMSE to be patient about).
-    device: see `resolve_device`. threads: CPU intra-op threads during the fit.
+    device: see `resolve_device`. threads: CPU intra-op threads during an mf fit (bayes keeps torch's).
     compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster).
     Raises TrainingDiverged at the first epoch whose train loss is not finite.
     """
@@ -171,16 +171,16 @@ def fit(
     train = train.to(device)
     valid = valid.to(device) if valid is not None and len(valid) else None
     generator = torch.Generator(device=device).manual_seed(seed)
-    init_generator = torch.Generator().manual_seed(seed)
 
-    if config.family == "bayes":
+    if config.family == "bayes":  # large batched products: torch's own threading pays here
         result = FitResult(model=None)
-        gibbs(train, config, n_users=n_users, n_items=n_items, rating_scale=rating_scale, valid=valid,
-              generator=generator, callback=callback, result=result)
+        chain = Chain(train, config, n_users=n_users, n_items=n_items, rating_scale=rating_scale, valid=valid,
+                      generator=generator)
+        _run_epochs(config, len(train), valid, callback, result, chain.step, chain.score, chain)
         return result
     model = MatrixFactorization(n_users, n_items, config.factors,
                                 train.ratings.double().mean().item(), rating_scale).to(device)
-    model.reset_parameters(init_generator, config.init_std)
+    model.reset_parameters(torch.Generator().manual_seed(seed), config.init_std)
     result = FitResult(model=model)
     with cpu_threads(device, threads):
         _train(model, train, valid, config, generator, callback, result, compiled)
@@ -190,19 +190,32 @@ def fit(
 def _train(model, train, valid, config, generator, callback, result, compiled) -> None:
     optimizer = _make_optimizer(config, [model.users, model.items], model.users.device)
     epoch_step = _epoch_step(model, train, config, optimizer, compiled)
-    best = _BestEpoch(model)
-    for epoch in range(1, config.epochs + 1):
-        lr = config.lr * config.lr_decay ** (epoch - 1)
-        start = time.perf_counter()
+
+    def step(epoch: int) -> float:
         perm = torch.randperm(len(train), device=train.ratings.device, generator=generator)
         with torch.no_grad():
-            loss_sum = epoch_step(perm, lr)
-        # One CPU-GPU sync point per epoch: the loss (and below, the valid RMSE).
-        train_mse = (loss_sum / len(train)).item()
+            loss_sum = epoch_step(perm, config.lr * config.lr_decay ** (epoch - 1))
+        return (loss_sum / len(train)).item()  # one CPU-GPU sync point per epoch (and the valid RMSE)
+
+    def score() -> float:
+        return math.sqrt(squared_error_sum(model, valid)[0].item() / len(valid)) if valid else math.nan
+
+    _run_epochs(config, len(train), valid, callback, result, step, score, _BestEpoch(model))
+    model.users.grad = model.items.grad = None
+
+
+def _run_epochs(config, rows, valid, callback, result, step, score, best) -> None:
+    """The epoch loop of every family. step(epoch) -> train MSE of one epoch (or Gibbs sweep);
+    rows: training rows per epoch; score() -> valid RMSE (NaN without valid data); best: update(epoch, rmse) -> epochs since the
+    best, restore(result) fills the best epoch and model. Stops when the callback says so or after
+    `patience` epochs without a better valid RMSE; raises TrainingDiverged on a non-finite loss."""
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_mse = step(epoch)
         result.train_seconds += time.perf_counter() - start
         if not math.isfinite(train_mse):
             raise TrainingDiverged(epoch, train_mse)
-        valid_rmse = math.sqrt(squared_error_sum(model, valid)[0].item() / len(valid)) if valid else math.nan
+        valid_rmse = score()
         result.history.append((epoch, train_mse, valid_rmse))
         since_best = best.update(epoch, valid_rmse)
         stop = bool(callback(epoch, train_mse, valid_rmse)) if callback is not None else False
@@ -210,8 +223,7 @@ def _train(model, train, valid, config, generator, callback, result, compiled) -
             result.stopped_early = epoch < config.epochs
             break
     best.restore(result)
-    model.users.grad = model.items.grad = None
-    result.examples_per_second = len(train) * len(result.history) / result.train_seconds if result.train_seconds else 0.0
+    result.examples_per_second = rows * len(result.history) / result.train_seconds if result.train_seconds else 0.0
 
 
 class _BestEpoch:
