@@ -31,7 +31,7 @@ import torch
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["IMPLICIT", "Chain", "export"]
+__all__ = ["IMPLICIT", "Chain", "Side", "export"]
 
 IMPLICIT = ("none", "user", "item", "both")
 _CG_ITERATIONS = 6  # warm-started from the previous sample: enough for the draw to settle
@@ -39,7 +39,7 @@ _CG_ITERATIONS = 6  # warm-started from the previous sample: enough for the draw
 _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
 
 
-class _Side:
+class Side:
     """One side of the fitted rows as sparse matrices: `own` indexes this side's table (users for
     the user side), `other` the other side's; `const` is this side's constant-1 column (the
     others are learned). Rows of the tables: entities + the fallback row.
@@ -102,8 +102,8 @@ class _Sampler:
         self.mu = ratings.double().mean().item()
         self.target = ratings - self.mu
         self.g = generator
-        self.user = _Side(users, items, n_users + 1, n_items + 1, factors + 1, width)
-        self.item = _Side(items, users, n_items + 1, n_users + 1, factors, width)
+        self.user = Side(users, items, n_users + 1, n_items + 1, factors + 1, width)
+        self.item = Side(items, users, n_items + 1, n_users + 1, factors, width)
         init = lambda n: torch.randn(n, width, generator=generator, device=device) * init_std  # noqa: E731
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
         self.Y = torch.zeros(n_items + 1, width, device=device) if implicit in ("user", "both") else None
@@ -139,7 +139,7 @@ class _Sampler:
         self.alpha = _gamma(_A0 + len(err) / 2, _B0 + sse / 2, self.g).float()
         return sse / len(err)
 
-    def _side_step(self, own: torch.Tensor, block, side: _Side, other_total: torch.Tensor) -> None:
+    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor) -> None:
         X = other_total[:, side.learned]  # (other_rows, d): the other side's learned columns
         d = X.shape[1]
         # Per own row: S = Σ X_j X_jᵀ and t = Σ (r − μ − the other side's bias) X_j over its rows.
@@ -186,7 +186,7 @@ def _gaussian(precision: torch.Tensor, rhs: torch.Tensor, generator) -> torch.Te
     return (mean + noise).squeeze(2)
 
 
-def _implicit_draw(W: torch.Tensor, side: _Side, S: torch.Tensor, residual: torch.Tensor, alpha, generator):
+def _implicit_draw(W: torch.Tensor, side: Side, S: torch.Tensor, residual: torch.Tensor, alpha, generator):
     """A draw of the implicit block W (other_rows, d) given everything else, by perturbation-
     optimisation: solve (Λ + α AᵀSA) W = Λμ + Λ^½ε + Aᵀ·residual (residual already perturbed)
     with Jacobi-preconditioned CG, warm-started from the current W."""

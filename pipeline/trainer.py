@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from pipeline.bayes import IMPLICIT, Chain
+from pipeline.bayes import IMPLICIT, Chain, Side
 from pipeline.device import cpu_threads, resolve_device
 from pipeline.evaluate import squared_error_sum
 from pipeline.model import MatrixFactorization
@@ -51,8 +51,8 @@ class TrainConfig:
     """The model family and how it learns: mf (biased MF trained by `optimizer`) or bayes (Bayesian
     MF by Gibbs sampling, pipeline.bayes: epochs are sweeps; the optimizer's settings are unused)."""
     implicit: str = "none"
-    """Implicit-feedback blocks (bayes): none, user (SVD++: each user's rated items), item (each
-    item's raters), or both."""
+    """Implicit-feedback blocks: none, user (SVD++: each user's vector gains the normalized sum of
+    factors of the items they rated), item (each item's gains its raters'), or both."""
     burn_in: int = 0
     """bayes: sweeps discarded before the posterior mean starts averaging samples."""
     factors: int = 30
@@ -87,7 +87,6 @@ class TrainConfig:
         checks = [
             (self.family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}"),
             (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
-            (self.implicit == "none" or self.family == "bayes", "implicit", "none with family mf"),
             (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.factors >= 1, "factors", ">= 1"),
@@ -188,8 +187,10 @@ def fit(
 
 
 def _train(model, train, valid, config, generator, callback, result, compiled) -> None:
-    optimizer = _make_optimizer(config, [model.users, model.items], model.users.device)
-    epoch_step = _epoch_step(model, train, config, optimizer, compiled)
+    implicit = _Implicit(model, train, config.implicit) if config.implicit != "none" else None
+    tables = implicit.learned if implicit else [model.users, model.items]
+    optimizer = _make_optimizer(config, tables, model.users.device)
+    epoch_step = _epoch_step(model, train, config, optimizer, compiled, implicit)
 
     def step(epoch: int) -> float:
         perm = torch.randperm(len(train), device=train.ratings.device, generator=generator)
@@ -202,6 +203,57 @@ def _train(model, train, valid, config, generator, callback, result, compiled) -
 
     _run_epochs(config, len(train), valid, callback, result, step, score, _BestEpoch(model))
     model.users.grad = model.items.grad = None
+
+
+class _Implicit:
+    """SVD++ for the mf family. The model's tables always hold the scored rows U = P + A·Y and
+    V = Q + C·Z (so scoring, early stopping and the export need nothing else); this holds what
+    is learned: P, Q (each user's and item's own rows) and the implicit blocks Y (a row per item,
+    fed to the users who rated it) and Z (a row per user). A, C: `bayes.Side`'s CSR folds of the
+    fitted rows, |N(u)|^-1/2 and |N(i)|^-1/2. Y and Z start at 0."""
+
+    def __init__(self, model: MatrixFactorization, train: Interactions, implicit: str) -> None:
+        self.model, f, width = model, model.factors, model.users.shape[1]
+        self.own = [model.users.detach().clone(), model.items.detach().clone()]
+        self.blocks = []  # (0 for the user side / 1 for the item side, Side, block, reach)
+        sides = ((train.users, train.items, model.n_users + 1, model.n_items + 1, f + 1),
+                 (train.items, train.users, model.n_items + 1, model.n_users + 1, f))
+        for k, name in enumerate(("user", "item")):
+            if implicit in (name, "both"):
+                side = Side(*sides[k], width)
+                block = torch.zeros(side.other_rows, width, device=model.users.device)
+                # reach (other_rows, rows): 1 where a block row feeds an own row (for the per-row L2).
+                self.blocks.append((k, side, block, side.matrix_t(torch.ones_like(side.weight))))
+
+    @property
+    def learned(self) -> list[torch.Tensor]:
+        return self.own + [block for _, _, block, _ in self.blocks]
+
+    def backward(self, rows: tuple, grads: tuple, l2, scale: float, sparse: bool, lr: float) -> None:
+        """The blocks' gradients from the batch's gradients on scored rows (rows[k] int64 (B,),
+        grads[k] (B, K + 2)): Aᵀ·G, plus each example's L2 on every block row it reads. sparse:
+        step them at once (lr); else leave them in .grad for the optimizer."""
+        for k, side, block, reach in self.blocks:
+            grad = side.unfold(torch.zeros(side.rows, block.shape[1], device=block.device)
+                               .index_add_(0, rows[k], grads[k]))
+            if l2 is not None:
+                uses = reach @ torch.bincount(rows[k], minlength=side.rows).to(block.dtype)[:, None]
+                grad.addcmul_(block * uses, l2[k], value=scale)
+            if sparse:
+                block.sub_(grad, alpha=lr)
+            else:
+                block.grad = grad
+
+    def refresh(self) -> None:
+        """Constant columns back in place, then the scored tables from the learned ones."""
+        P, Q = self.own
+        P[:, self.model.factors + 1], Q[:, self.model.factors] = 1.0, 1.0
+        tables = [self.model.users, self.model.items]
+        for table, own in zip(tables, self.own):
+            table.copy_(own)
+        for k, side, block, _ in self.blocks:
+            block[:, side.const] = 0.0
+            tables[k].add_(side.fold(block))
 
 
 def _run_epochs(config, rows, valid, callback, result, step, score, best) -> None:
@@ -262,18 +314,20 @@ def _l2_columns(model: MatrixFactorization, config: TrainConfig):
     return l2_users, l2_users[torch.tensor([*range(config.factors), -1, -2])]
 
 
-def _epoch_step(model, train, config, optimizer, compiled):
-    """(perm, lr) -> the epoch's Σ err² (a 0-d tensor): the numba loop for sparse_sgd on the CPU,
-    else the tensor batch loop."""
+def _epoch_step(model, train, config, optimizer, compiled, implicit):
+    """(perm, lr) -> the epoch's Σ err² (a 0-d tensor): the numba loop for sparse_sgd on the CPU
+    (without implicit blocks), else the tensor batch loop."""
     offset = model.global_mean - train.ratings  # μ − r, once: err = p·q + (μ − r)
     l2 = _l2_columns(model, config)
-    if optimizer is None and compiled and model.users.device.type == "cpu":
+    if optimizer is None and compiled and model.users.device.type == "cpu" and implicit is None:
         from pipeline._sgd_kernel import compiled_epoch  # numba: imported only when it runs
 
         kernel = compiled_epoch(model, train, offset, l2, config.batch_size)
         return lambda perm, lr: torch.tensor(kernel(perm, lr))
+    own = implicit.own if implicit else [model.users, model.items]  # the tables the gradients go to
     if optimizer is not None:
-        model.users.grad, model.items.grad = torch.zeros_like(model.users), torch.zeros_like(model.items)
+        for table in own:
+            table.grad = torch.zeros_like(table)
 
     def epoch(perm: torch.Tensor, lr: float) -> torch.Tensor:
         if optimizer is not None:
@@ -281,17 +335,18 @@ def _epoch_step(model, train, config, optimizer, compiled):
                 group["lr"] = lr
         loss_sum = torch.zeros((), device=perm.device)
         for lo in range(0, len(perm), config.batch_size):
-            loss_sum += _batch_step(model, train, offset, perm[lo : lo + config.batch_size], l2, optimizer, lr)
+            loss_sum += _batch_step(model, own, train, offset, perm[lo : lo + config.batch_size], l2, optimizer,
+                                    lr, implicit)
         return loss_sum
 
     return epoch
 
 
-def _batch_step(model, train, offset, idx, l2, optimizer, lr) -> torch.Tensor:
-    """One batch's closed-form MF update; returns its Σ err² (0-d, on the device: no sync)."""
-    U, V = model.users, model.items
+def _batch_step(model, own, train, offset, idx, l2, optimizer, lr, implicit) -> torch.Tensor:
+    """One batch's closed-form MF update of the `own` tables (the model's, or P and Q of the
+    implicit path); returns its Σ err² (0-d, on the device: no sync)."""
     users, items = train.users[idx], train.items[idx]
-    pu, qi = U[users], V[items]
+    pu, qi = model.users[users], model.items[items]  # the scored rows
     err = (pu * qi).sum(1) + offset[idx]  # (B,)
     loss = err.dot(err)
     # d/dp_u of err²/2 is err·q_i (and the constant columns' gradients are discarded).
@@ -300,9 +355,13 @@ def _batch_step(model, train, offset, idx, l2, optimizer, lr) -> torch.Tensor:
     scale = 1.0 if sparse else 1.0 / idx.shape[0]
     g = err.mul_(scale).unsqueeze_(1)
     grad_u, grad_i = qi * g, pu * g
+    if implicit is not None:
+        implicit.backward((users, items), (grad_u, grad_i), l2, scale, sparse, lr)
+        pu, qi = own[0][users], own[1][items]  # the L2 below is on the own rows
     if l2 is not None:
         grad_u.addcmul_(pu, l2[0], value=scale)
         grad_i.addcmul_(qi, l2[1], value=scale)
+    U, V = own
     if sparse:
         U.index_add_(0, users, grad_u, alpha=-lr)
         V.index_add_(0, items, grad_i, alpha=-lr)
@@ -310,7 +369,10 @@ def _batch_step(model, train, offset, idx, l2, optimizer, lr) -> torch.Tensor:
         U.grad.zero_().index_add_(0, users, grad_u)
         V.grad.zero_().index_add_(0, items, grad_i)
         optimizer.step()
-    model.restore_constants()
+    if implicit is not None:
+        implicit.refresh()
+    else:
+        model.restore_constants()
     return loss
 
 

@@ -105,8 +105,8 @@ def test_refit_keeps_the_best_sweep_count_and_early_stopping_works(small_split):
 
 
 def test_bad_bayes_configs_are_refused():
-    with pytest.raises(ValueError, match="implicit='user': expected none with family mf"):
-        TrainConfig(implicit="user")
+    with pytest.raises(ValueError, match="implicit='items': expected one of none, user, item, both"):
+        TrainConfig(implicit="items")
     with pytest.raises(ValueError, match="burn_in=20"):
         TrainConfig(family="bayes", epochs=20, burn_in=20)
 

@@ -23,9 +23,11 @@ def _fit(split, config, **kw):
     return fit(split.part("train"), config, valid=split.part("valid"), device="cpu", **split.dims, **kw)
 
 
+@pytest.mark.parametrize("implicit", ["none", "both"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_learns_the_low_rank_structure(small_split, optimizer):
-    config = TrainConfig(factors=8, optimizer=optimizer, epochs=15, batch_size=256, init_std=0.1, **GOOD[optimizer])
+def test_every_optimizer_learns_the_low_rank_structure(small_split, optimizer, implicit):
+    config = TrainConfig(factors=8, optimizer=optimizer, epochs=15, batch_size=256, init_std=0.1, implicit=implicit,
+                         **GOOD[optimizer])
     result = _fit(small_split, config)
     reference = baselines(small_split.part("train"), small_split.part("valid"), small_split.n_users,
                           small_split.n_items, small_split.ratings.rating_scale)
