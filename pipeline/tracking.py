@@ -124,11 +124,21 @@ class Tracker:
         configure_mlflow(tracking_uri)
         if tracking_uri.startswith(("http://", "https://")):
             _wait_for_server(tracking_uri, wait)
-        tracker = cls(tracking_uri, experiment)
-        with reported(tracking_uri, f"opening experiment {experiment!r}"):
-            found = tracker.client.get_experiment_by_name(experiment)
-            tracker.experiment_id = found.experiment_id if found else tracker.client.create_experiment(experiment)
+        with _sqlite_lock(tracking_uri), reported(tracking_uri, f"opening experiment {experiment!r}"):
+            tracker = cls(tracking_uri, experiment)  # the client creates (or migrates) the store
+            tracker.experiment_id = tracker._experiment_id(experiment)
         return tracker
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException as exc:  # another worker created it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     # --- the parent run -------------------------------------------------------------------
 
@@ -216,48 +226,93 @@ class Tracker:
         with mlflow.start_run(run_id=self.parent_id):
             yield
 
-    def log_model(self, scorer, input_example, extra_files: list[str], metadata: dict) -> str:
+    def log_model(self, scorer, input_example, extra_files: list[str], metadata: dict, key: dict[str, str]) -> str:
         """Log the export wrapper in the pt2 format (no pickle), `extra_files` beside it; returns
-        the model URI."""
+        the model URI. Idempotent per `key` (tags naming what the model is, e.g. study and trial):
+        a READY model logged under the same key by an earlier, interrupted finish is reused, and
+        one left half-logged is deleted."""
         import torch
 
+        with self._reported("looking for an earlier copy of the model"):
+            uri = self._reuse_logged_model(key)
+        if uri is not None:
+            return uri
         with self._reported("logging the model"), self._as_active_parent():
             info = mlflow.pytorch.log_model(
                 scorer, name="model", input_example=input_example, serialization_format="pt2",
-                extra_files=extra_files, metadata=metadata,
+                extra_files=extra_files, metadata=metadata, tags=key,
                 # Pinned here: inferring requirements imports the model's modules (seconds) and
                 # would write torch's local "+cpu" label.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
         return info.model_uri
 
-    def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str) -> tuple[str, str]:
-        """Register a new version; alias `champion` moves to it only when it beats the current
-        champion's test RMSE on the same split, else it becomes `challenger`. Returns (version, alias)."""
-        with self._reported(f"registering {model_uri} as {name!r}"):
-            return self._register(model_uri, name, test_rmse, split_fingerprint)
+    def _reuse_logged_model(self, key: dict[str, str]) -> str | None:
+        ready = None
+        for model in self.client.search_logged_models([self.experiment_id],
+                                                      filter_string=f"source_run_id = '{self.parent_id}'"):
+            if any(model.tags.get(k) != v for k, v in key.items()):
+                continue
+            if str(model.status) == "READY" and ready is None:
+                ready = model.model_uri
+            else:
+                self.client.delete_logged_model(model.model_id)
+        return ready
 
-    def _register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str) -> tuple[str, str]:
+    def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
+                 key: dict[str, str]) -> tuple[str, str]:
+        """Register a new version (or find the one an interrupted finish made with the same `key`
+        tags); alias `champion` moves to it only when it beats the current champion's test RMSE on
+        the same split, else it becomes `challenger`. Returns (version, alias)."""
+        with self._reported(f"registering {model_uri} as {name!r}"):
+            return self._register(model_uri, name, test_rmse, split_fingerprint, key)
+
+    def _register(self, model_uri, name, test_rmse, split_fingerprint, key) -> tuple[str, str]:
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         rmse = f"{test_rmse:.6f}"  # compared as stored, so a rerun of the same model never "beats" it
-        version = self.client.create_model_version(
+        earlier = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.parent_id}'")
+                   if all(v.tags.get(k) == value for k, value in key.items())]
+        version = earlier[0].version if earlier else self.client.create_model_version(
             name, source=model_uri, run_id=self.parent_id, model_id=model_uri.removeprefix("models:/"),
-            tags={"test_rmse": rmse, "split_fingerprint": split_fingerprint}).version
+            tags={"test_rmse": rmse, "split_fingerprint": split_fingerprint, **key}).version
         try:
             current = self.client.get_model_version_by_alias(name, "champion")
         except MlflowException:
             current = None
         alias = "champion"
-        if current is not None:
+        if current is not None and str(current.version) != str(version):
             same_split = current.tags.get("split_fingerprint") == split_fingerprint
             if not (same_split and float(rmse) < float(current.tags.get("test_rmse", "inf"))):
                 alias = "challenger"
         self.client.set_registered_model_alias(name, alias, version)
         return str(version), alias
+
+
+@contextmanager
+def _sqlite_lock(tracking_uri: str):
+    """For a SQLite store, hold an exclusive lock on its file while MLflow creates or migrates the
+    schema: processes starting together otherwise race ("table ... already exists"). Other stores
+    (a server, PostgreSQL) serialise this themselves."""
+    if not tracking_uri.startswith("sqlite:///") or os.name != "posix":
+        yield
+        return
+    import fcntl
+
+    path = tracking_uri.removeprefix("sqlite:///").split("?")[0]
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # SQLite takes an empty file as a new database
+    except OSError as exc:
+        raise TrackingError(f"MLflow at {tracking_uri}: cannot create or open {path} ({exc.strerror}); "
+                            "run from a writable folder or pass --tracking-uri") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # an flock, independent of SQLite's own fcntl locks
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _wait_for_server(tracking_uri: str, wait: float) -> None:

@@ -296,7 +296,8 @@ def test_a_bad_search_space_exits_2(ws, capsys):
     assert not (ws.root / "mlflow.db").exists()
 
 
-def test_ctrl_c_closes_everything_and_a_rerun_resumes(ws):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_closes_everything_and_a_rerun_resumes(ws, signum):
     import signal
     import time
 
@@ -313,10 +314,10 @@ def test_ctrl_c_closes_everything_and_a_rerun_resumes(ws):
     for line in process.stderr:  # progress lines: interrupt in the middle of trial 1
         if "1/3 trials" in line:
             time.sleep(1.0)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(getattr(signal, signum))
             break
     rest = process.stderr.read()
-    assert process.wait(60) == 130, rest
+    assert process.wait(60) == 128 + getattr(signal, signum), rest
     assert "rerun the same command to resume" in rest
     parent = ws.parents()[0]
     assert parent.info.status == "KILLED"

@@ -7,17 +7,18 @@ Rerunning the same command resumes the same study.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from optuna.trial import TrialState
 
 from pipeline.ingest import IngestError
-from pipeline.search.interrupt import catching_sigint
+from pipeline.search.interrupt import catching_sigint, received
 from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.report import print_summary, start_line
 from pipeline.search.session import Session, prepare
-from pipeline.search.study import attach_parent, close_orphan_runs
+from pipeline.search.study import attach_parent, close_orphan_runs, retry_dead_trials
 from pipeline.search.workers import quiet_libraries, run_workers
 from pipeline.space import SpaceError
 from pipeline.tracking import TrackingError
@@ -50,15 +51,16 @@ def _main(argv: list[str] | None) -> int:
         if created:
             log_study_inputs(session.tracker, options.space_path, session.space, session.data, session.cap.n,
                              session.shared.name)
+        retry_dead_trials(session.shared)
         close_orphan_runs(session.study, session.tracker)
         code = run_workers(session)
         if code:
-            status = "KILLED" if code == 130 else "FAILED"
+            status = "KILLED" if code in (130, 143) else "FAILED"
             return code
         status, code = _finish_once(session)
         return code
     except KeyboardInterrupt:
-        status, code = "KILLED", 130
+        status, code = "KILLED", 128 + (received() or [signal.SIGINT])[0]  # 130 Ctrl-C, 143 SIGTERM
         print("\ninterrupted: the study is saved; rerun the same command to resume it", file=sys.stderr)
         return code
     except USER_ERRORS as exc:
@@ -68,30 +70,31 @@ def _main(argv: list[str] | None) -> int:
         _close_parent(session, status)
 
 
-def _finish_once(session: Session) -> tuple[str | None, int]:
-    """Refit, log and register the best trial, once per best trial across workers and reruns;
-    print the summary. Returns (the parent run's status, or None to leave it as is; exit code)."""
+def _finish_once(session: Session) -> tuple[str, int]:
+    """Refit, log and register the best trial, once per best trial across workers and reruns (a
+    finish that died half-way is redone: every step of it is idempotent); print the summary.
+    Returns (the parent run's status, exit code)."""
     study = session.study
     if not any(t.state == TrialState.COMPLETE for t in study.trials):
         print("error: no trial completed; see the failed trials in MLflow", file=sys.stderr)
         return "FAILED", 1
     best = study.best_trial.number
-    status = None
-    if session.shared.claim(f"finish-{best}"):
-        o = session.options
-        summary = finish(study, session.data, session.tracker, device=session.device, seed=o.seed,
-                         register_as=o.register_as, reference=session.space.reference)
-        study.set_user_attr("summary", summary)
-        status = "FINISHED"
-    else:  # another worker (or an earlier run) refits and registers this best trial
-        summary = session.shared.wait_for("summary", check=lambda value: value["best_trial"] == best)
-    print_summary(summary, session.tracker.tracking_uri)
-    return status, 0
+    o = session.options
+
+    def run() -> None:
+        study.set_user_attr("summary", finish(study, session.data, session.tracker, device=session.device,
+                                              seed=o.seed, register_as=o.register_as,
+                                              reference=session.space.reference))
+
+    def summary():
+        value = study.user_attrs.get("summary")
+        return value if value is not None and value["best_trial"] == best else None
+
+    print_summary(session.shared.once(f"finish-{best}", run, summary), session.tracker.tracking_uri)
+    return "FINISHED", 0
 
 
-def _close_parent(session: Session, status: str | None) -> None:
-    if status is None:
-        return
+def _close_parent(session: Session, status: str) -> None:
     try:
         session.tracker.close_parent(status)
     except TrackingError as exc:  # the run's own error (if any) was printed already

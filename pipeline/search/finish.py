@@ -35,7 +35,8 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
         metrics={"best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
                  **{f"reference.{k}_test_{m}": v[f"test_{m}"] for k, v in references.items() for m in ("rmse", "mae")}},
         tags={"best_trial": best.number})
-    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as)
+    key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
+    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as, key)
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
@@ -82,9 +83,10 @@ def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict
     return sorted(figures), skipped
 
 
-def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str):
-    """Log the raw-id scorer with its bundle files and register it: (model uri, version, alias), or
-    Nones where the ids are strings (the exported graph takes int64 ids only)."""
+def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict):
+    """Log the raw-id scorer with its bundle files and register it, once per `key` (study, best
+    trial) however often a finish is retried: (model uri, version, alias), or Nones where the ids
+    are strings (the exported graph takes int64 ids only)."""
     if not (np.issubdtype(data.user_ids.dtype, np.integer) and np.issubdtype(data.item_ids.dtype, np.integer)):
         return None, None, None
     scorer = RawIdScorer(model.cpu().eval(), torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids)).eval()
@@ -95,8 +97,9 @@ def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, re
     with tempfile.TemporaryDirectory() as tmp:
         files = write_bundle_files(Path(tmp), seen, data.ratings.item_titles, data.ratings.name)
         uri = tracker.log_model(scorer, example, files,
-                                metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name})
-    version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint)
+                                metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name},
+                                key=key)
+    version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint, key)
     return uri, version, alias
 
 

@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from pipeline.search.interrupt import raise_if_interrupted
-from pipeline.search.study import Cap
+from pipeline.search.study import Cap, this_process
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
@@ -113,6 +113,7 @@ class Objective:
         return suggest(trial, self.space)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", this_process())  # a rerun on this machine can tell it died
         with tracked(trial, self.tracker, self.study_name) as life:
             if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
                 raise OverCap("over the study's cap: another worker took the last slot")

@@ -8,8 +8,11 @@ study's private `_storage`), and the heartbeat is read from that same object.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from pipeline.split import Split
 from pipeline.tracking import Tracker
 
 __all__ = ["Cap", "CloseStaleRuns", "SharedStudy", "attach_parent", "check_storage", "close_orphan_runs",
-           "open_storage", "open_study"]
+           "open_storage", "open_study", "retry_dead_trials", "this_process"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -97,14 +100,55 @@ class SharedStudy:
         except optuna.exceptions.DuplicatedStudyError:
             return False
 
-    def wait_for(self, key: str, timeout: float = 600.0, check=lambda value: True):
-        """The study user attr `key`, once another worker has set it (and `check` accepts it)."""
-        deadline = time.monotonic() + timeout
-        while (value := self.study.user_attrs.get(key)) is None or not check(value):
-            if time.monotonic() > deadline:
-                raise SearchError(f"study {self.name!r}: waited {timeout:.0f} s for another worker to set {key!r}")
-            time.sleep(0.5)
+    def once(self, what: str, work: Callable[[], object], done: Callable[[], object], grace: float | None = None):
+        """`done()`'s value, once some process has run `work()` to its end: this one if no live
+        process holds `what`. Exactly once by idempotence, not by a permanent claim: the holder
+        beats every grace/4 s (a thread); one that released `what` (an error, Ctrl-C) or stopped
+        beating for `grace` s (killed) is replaced by the next waiter, worker or rerun, so `work`
+        must be safe to redo after a partial run. Attempt n is the claim `what#n`, so two
+        waiters never take over together. grace: $PIPELINE_GRACE (default 30) seconds."""
+        grace = float(os.environ.get("PIPELINE_GRACE", 30)) if grace is None else grace
+        key = f"lease:{what}"
+        attempt, seen, since = 0, None, time.monotonic()
+        while (value := done()) is None:
+            state = self.study.user_attrs.get(key)
+            if state != seen:  # the holder is alive (or was replaced): watch it afresh
+                seen, since = state, time.monotonic()
+                attempt = max(attempt, state["attempt"] + 1)
+            stale = time.monotonic() - since > grace
+            if (seen is None and attempt == 0) or (seen is not None and seen["released"]) or stale:
+                if self.claim(f"{what}#{attempt}"):
+                    self._hold(key, attempt, work, grace)
+                    continue
+                attempt, since = attempt + 1, time.monotonic()  # someone else took it: give them time
+            time.sleep(min(0.5, grace / 4))
         return value
+
+    def _hold(self, key: str, attempt: int, work: Callable[[], object], grace: float) -> None:
+        stop = threading.Event()
+
+        def beat() -> None:
+            n = 0
+            while not stop.is_set():
+                self.study.set_user_attr(key, {"attempt": attempt, "beat": n, "released": False})
+                n += 1
+                stop.wait(grace / 4)
+
+        thread = threading.Thread(target=beat, name=f"beat-{key}", daemon=True)
+        thread.start()
+        try:
+            work()
+        except BaseException:
+            stop.set()
+            thread.join()
+            try:  # let the next waiter take over now rather than after the grace period
+                self.study.set_user_attr(key, {"attempt": attempt, "beat": -1, "released": True})
+            except Exception:  # noqa: BLE001 - the grace period covers a storage that is gone
+                pass
+            raise
+        finally:
+            stop.set()
+            thread.join()
 
 
 def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -> SharedStudy:
@@ -119,11 +163,17 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -
             raise SearchError(
                 f"study {name!r} was created for another {key.split('_')[0]} ({key} {attrs[key][:12]}…, "
                 f"this run's {value[:12]}…): pass a new --study-name, or the original search space and data")
-    if not attrs and shared.claim("init"):  # once, however many workers start together
-        if space.reference:  # trial 0: the d2l tutorial's configuration, the study's reference point
-            study.enqueue_trial({}, user_attrs={"reference": "d2l"})
-        for key, value in expected.items():
-            study.set_user_attr(key, value)
+    if not attrs:  # once, however many workers start together
+
+        def init() -> None:
+            trials = study.get_trials(deepcopy=False)
+            if space.reference and not any(t.user_attrs.get("reference") == "d2l" for t in trials):
+                # trial 0: the d2l tutorial's configuration, the study's reference point
+                study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+            for key, value in expected.items():
+                study.set_user_attr(key, value)
+
+        shared.once("init", init, lambda: study.user_attrs.get("split_fingerprint"))
     return shared
 
 
@@ -162,14 +212,77 @@ def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -
     previous = shared.study.user_attrs.get(PARENT_ATTR)
     if previous is not None and tracker.reopen_parent(previous, tags):
         return False
-    # Claim keyed by the run it replaces: a tracking store that lost the old parent gets one new one.
-    if shared.claim(f"mlflow-parent-after-{previous or 'none'}"):
+    created = []
+
+    def create() -> None:
         shared.study.set_user_attr(PARENT_ATTR, tracker.create_parent(shared.name, tags))
+        created.append(True)
+
+    def current():
+        run_id = shared.study.user_attrs.get(PARENT_ATTR)
+        return run_id if run_id != previous else None
+
+    # Keyed by the run it replaces: a tracking store that lost the old parent gets one new one.
+    run_id = shared.once(f"mlflow-parent-after-{previous or 'none'}", create, current)
+    if created:
         return True
-    run_id = shared.wait_for(PARENT_ATTR, check=lambda value: value != previous)
     if not tracker.reopen_parent(run_id, tags):
         raise SearchError(f"MLflow parent run {run_id} of study {shared.name!r} is not in {tracker.tracking_uri}")
     return False
+
+
+def this_process() -> str:
+    """host:pid:start of this process (start: its start time since boot where /proc has it, so a
+    recycled pid is not mistaken for it). Recorded on each trial as user attr `worker`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}"
+
+
+def _started(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot), "-" where /proc is missing but
+    the process exists, None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return "-"
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # exists, another user's
+        return "-"
+
+
+def _gone(worker: str) -> bool:
+    """Whether the process `worker` (see this_process) is known to be dead: only a process of this
+    machine can be checked."""
+    host, pid, started = worker.rsplit(":", 2)
+    return host == socket.gethostname() and _started(int(pid)) != started
+
+
+def retry_dead_trials(shared: SharedStudy) -> list[int]:
+    """Fail the trials a process of this machine left RUNNING when it died (SIGKILL, a crash) and
+    enqueue each again with the same parameters, so the study still reaches its cap; returns their
+    numbers. Storages with a heartbeat do this for every machine (CloseStaleRuns)."""
+    if shared.heartbeat:
+        return []
+    study_id = shared.storage.get_study_id_from_name(shared.name)
+    retried = []
+    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is None or not _gone(worker) or not shared.claim(f"retry-{trial.number}"):
+            continue
+        trial_id = shared.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        shared.storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {worker} died")
+        shared.study.tell(trial.number, state=TrialState.FAIL)
+        kept = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
+        shared.study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+        retried.append(trial.number)
+    return retried
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:

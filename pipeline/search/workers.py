@@ -4,13 +4,15 @@ study's cap through the storage."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
 import time
 import warnings
 
 import optuna
 
-from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted
+from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted, received
 from pipeline.search.objective import EXPECTED_FAILURES
 from pipeline.search.options import SearchOptions
 from pipeline.search.report import Progress
@@ -66,7 +68,13 @@ def run_workers(session: Session) -> int:
         w.start()  # their start-up (imports, data) overlaps with this process's first trials
     try:
         run_trials(session, quiet=session.options.quiet)
-    finally:  # on Ctrl-C the helpers got the same SIGINT: let them close their trials
+    except KeyboardInterrupt:
+        # Ctrl-C reached the whole process group; a SIGTERM only this process: pass it on.
+        for w in helpers:
+            if signal.SIGTERM in received() and w.is_alive():
+                os.kill(w.pid, signal.SIGTERM)
+        raise
+    finally:  # let the helpers close their trials
         for w in helpers:
             w.join()
     codes = [w.exitcode for w in helpers]
