@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["COLUMNS", "IngestError", "Ratings", "canonical", "validate"]
+__all__ = ["COLUMNS", "IngestError", "Ratings", "canonical", "check_scale", "validate"]
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -26,8 +28,12 @@ class IngestError(ValueError):
 class Ratings:
     """A validated ratings table, sorted by (user_id, item_id), one row per pair.
 
-    `frame` columns: user_id, item_id (int64, or str where the source's ids are not integers),
-    rating (float32), timestamp (int64 seconds; 0 where the source has none).
+    `frame` columns: user_id, item_id, rating (float32), timestamp (int64 seconds; 0 where the
+    source has none). Ids are kept exactly, one type per column: int64 when every id of the column
+    is an integer that fits int64, written plainly (`7`, `-3`) or as an integral decimal (`7.0`, as
+    float columns are often exported: `7.0` and `7` are one id). Otherwise str, each id as written
+    (trimmed), integers in plain form (`7.0` -> "7"): `007`, `7e0` and integers beyond int64 stay
+    text of their own, so no two distinct ids merge and no id splits.
     `fingerprint` is the sha256 of that canonical table: the same data from two sources has one
     fingerprint. `item_titles` maps item_id -> title where the source has titles.
     """
@@ -56,17 +62,21 @@ class Ratings:
         return dataclasses.replace(self, **changes)
 
 
-def validate(frame: pd.DataFrame, where: str, first_line: int | None, *, name: str, rating_scale) -> Ratings:
+def validate(frame: pd.DataFrame, where: str, lines, *, name: str, rating_scale) -> Ratings:
+    """Check and canonicalise a raw frame (user_id, item_id, rating[, timestamp] columns of text or
+    numbers). `lines`: the file line of each row (an int array), of the first row (an int), or None
+    (errors then name rows). `rating_scale`: (low, high), or None to take the data's min and max."""
     def at(row: int) -> str:
-        return f"line {first_line + row}" if first_line is not None else f"row {row}"
+        if lines is None:
+            return f"row {row}"
+        return f"line {lines[row] if isinstance(lines, np.ndarray) else lines + row}"
 
     if len(frame) == 0:
         raise IngestError(f"{where}: empty file: expected at least one rating")
     out = pd.DataFrame({"user_id": _ids(frame["user_id"], where, at), "item_id": _ids(frame["item_id"], where, at)})
     rating = _numbers(frame["rating"], where, at, "is not a finite number: expected a numeric rating")
-    low, high = rating_scale if rating_scale is not None else (float(rating.min()), float(rating.max()))
-    if not low <= high:
-        raise IngestError(f"rating_scale: low {low} > high {high}")
+    declared = rating_scale is not None
+    low, high = check_scale(rating_scale) if declared else (float(rating.min()), float(rating.max()))
     outside = (rating < low) | (rating > high)
     if outside.any():
         row = int(np.argmax(outside))
@@ -78,7 +88,18 @@ def validate(frame: pd.DataFrame, where: str, first_line: int | None, *, name: s
                                     "is not a number: expected seconds since the epoch").astype(np.int64)
     else:
         out["timestamp"] = np.zeros(len(out), dtype=np.int64)
-    return canonical(out, name=name, rating_scale=(float(low), float(high)), source=where)
+    return canonical(out, name=name, rating_scale=(low, high), source=where)
+
+
+def check_scale(scale) -> tuple[float, float]:
+    """A declared rating scale as (low, high) floats: two finite numbers, low <= high."""
+    try:
+        low, high = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise IngestError(f"rating_scale {scale!r}: expected two numbers, low and high") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise IngestError(f"rating_scale ({low:g}, {high:g}): expected finite numbers with low <= high")
+    return low, high
 
 
 def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
@@ -91,19 +112,38 @@ def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
     return values
 
 
+# An integer as integer and float columns write it: 7, -3, 7.0 (not 007, +7, 7e0: those stay text).
+_INTEGER = r"-?(?:0|[1-9][0-9]*)(?:\.0+)?"
+
+
 def _ids(column: pd.Series, where: str, at) -> pd.Series:
-    """Integer ids where every id is an integer, else strings (one type per column)."""
+    """int64 where every id is an integer that fits, else str (see `Ratings` for the rule)."""
     missing = column.isna().to_numpy()
-    if missing.any():
-        row = int(np.argmax(missing))
-        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: empty id: expected an id")
-    if pd.api.types.is_integer_dtype(column):
-        return column.astype(np.int64)
+    if pd.api.types.is_integer_dtype(column.dtype) and not missing.any():
+        if column.dtype != np.uint64 or column.max() <= np.iinfo(np.int64).max:
+            return column.astype(np.int64)
+        return column.astype(str)  # beyond int64: exact as text
+    if pd.api.types.is_float_dtype(column.dtype) and not missing.any():
+        values = column.to_numpy(dtype=np.float64)
+        integral = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
+        if integral.all():
+            return column.astype(np.int64)
+        column = pd.Series([str(int(v)) if v.is_integer() else repr(v) for v in values.tolist()], name=column.name)
     text = column.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    if numbers.notna().all() and (numbers == np.round(numbers)).all() and not text.str.contains(r"[.eE]").any():
-        return numbers.astype(np.int64)
-    return text
+    empty = missing | (text == "").to_numpy()
+    if empty.any():
+        row = int(np.argmax(empty))
+        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: empty id: expected an id")
+    integer = text.str.fullmatch(_INTEGER).to_numpy(dtype=bool)
+    plain = text.str.replace(r"\.0+$", "", regex=True) if integer.any() else text
+    if integer.all():
+        try:  # arrow's parse: exact, and refuses (rather than wraps) what does not fit int64
+            return pd.Series(pc.cast(pa.array(plain), pa.int64()).to_numpy(), name=column.name)
+        except pa.ArrowInvalid:
+            pass
+    if integer.any():  # text column: integers in one plain form, so 7 and 7.0 stay one id
+        text = text.where(~integer, plain.where(plain != "-0", "0"))
+    return text.rename(column.name)
 
 
 def canonical(frame: pd.DataFrame, *, name: str, rating_scale, source: str) -> Ratings:

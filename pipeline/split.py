@@ -112,6 +112,9 @@ def split(
     user's rows, each user keeping at least one train row. temporal: one global time cut, the latest
     `test` fraction is test and the `valid` fraction before it is valid. leave_last_k: each user's
     last `k` rows are test and the `k` before them valid (users with too few rows stay in train).
+
+    Raises ValueError when train, or a part that was asked for (a fraction > 0; leave_last_k's
+    test), would get no rows: too little data to split, said with the rows that are needed.
     """
     _check(strategy, test, valid, k, cold)
     frame = ratings.frame
@@ -119,6 +122,8 @@ def split(
     held = np.zeros(len(frame), dtype=bool)
     held[test_rows] = held[valid_rows] = True
     train_rows = np.flatnonzero(~held)
+    sizes = {"train": len(train_rows), "test": len(test_rows), "valid": len(valid_rows)}
+    _refuse_empty(ratings, strategy, test, valid, k, sizes)
     user_ids = np.unique(frame["user_id"].to_numpy()[train_rows])
     item_ids = np.unique(frame["item_id"].to_numpy()[train_rows])
 
@@ -129,6 +134,10 @@ def split(
         counts[name] = int(unseen.sum())
         if cold == "drop":
             parts[name] = rows[~unseen]
+            if len(rows) and not len(parts[name]):
+                raise ValueError(f"{ratings.name}: split {strategy}: the {name} part would be empty: all {len(rows)} "
+                                 "of its rows are cold (user or item unseen in train) and cold='drop' removes "
+                                 "them; needs more data, or cold='keep'")
 
     settings = {"strategy": strategy, "test": test, "valid": valid, "seed": seed, "cold": cold}
     if strategy == "leave_last_k":
@@ -151,6 +160,54 @@ def _check(strategy: str, test: float, valid: float, k: int, cold: str) -> None:
         raise ValueError(f"split cold={cold!r}: expected 'keep' or 'drop'")
     if strategy == "leave_last_k" and k < 1:
         raise ValueError(f"split k={k}: expected k >= 1")
+
+
+def _refuse_empty(ratings: Ratings, strategy: str, test: float, valid: float, k: int, sizes: dict) -> None:
+    """One clear error for the first of train, test, valid that was asked for and got no rows."""
+    asked = {"train": True, "test": test > 0 or strategy == "leave_last_k", "valid": valid > 0}
+    part = next((p for p in ("train", "test", "valid") if asked[p] and not sizes[p]), None)
+    if part is None:
+        return
+    n, fraction = len(ratings), {"test": test, "valid": valid}.get(part)
+    if strategy in ("random", "temporal"):
+        need = _min_rows(test, valid)
+        why = (f"test + valid = {test + valid:g} leaves it no row" if part == "train"
+               else f"{part}={fraction:g} of {n} rows rounds to 0 rows")
+        wanted = f"at least {need} rows" + ("" if part == "train" else f" (or {part}=0)")
+    else:
+        largest = int(ratings.frame["user_id"].value_counts().max())
+        if strategy == "per_user":
+            need = _min_user_rows(test, valid, part)
+            why = f"{part}={fraction:g} of each user's rows, one kept for train, rounds to 0 for every user"
+        else:
+            need = 2 * k + 1 if valid > 0 else k + 1
+            parts = "test and valid" if valid > 0 else "test"
+            why = f"only users with at least {need} rows give their last k={k} to {parts}"
+        wanted = f"a user with at least {need} rows (the most any user has is {largest})"
+    raise ValueError(f"{ratings.name}: split {strategy}: the {part} part would be empty ({n} rows): {why}; "
+                     f"needs {wanted}")
+
+
+def _min_rows(test: float, valid: float) -> int:
+    """The fewest rows a random or temporal split gives every asked-for part at least one."""
+    def ok(n: int) -> bool:
+        n_test, n_valid = round(test * n), round(valid * n)
+        return n - n_test - n_valid >= 1 and (n_test or not test) and (n_valid or not valid)
+
+    n = max([1] + [int(0.5 / f) + 1 for f in (test, valid) if f > 0])  # round(f * n) >= 1 needs f * n > 0.5
+    while not ok(n):
+        n += 1
+    return n
+
+
+def _min_user_rows(test: float, valid: float, part: str) -> int:
+    """The fewest rows a user needs for per_user to give it one `part` row (as `_per_user` counts)."""
+    size = max(2, int(0.5 / (test if part == "test" else valid)) + 1)
+    while True:
+        n_test = min(round(test * size), size - 1)
+        if (n_test if part == "test" else min(round(valid * size), size - 1 - n_test)) >= 1:
+            return size
+        size += 1
 
 
 def _held_out(ratings: Ratings, strategy, test, valid, k, rng) -> tuple[np.ndarray, np.ndarray]:

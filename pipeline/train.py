@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import sys
 import typing
 
@@ -66,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--split", default="random", choices=STRATEGIES)
     data.add_argument("--test", type=float, default=0.1, help="test fraction")
     data.add_argument("--valid", type=float, default=0.1, help="valid fraction")
+    ingest.add_source_flags(p)
     _add_config_flags(p.add_argument_group("model and training (TrainConfig)"), TrainConfig())
     p.add_argument("--refit", action="store_true", help="retrain on train+valid for the best epoch count")
     p.add_argument("--seed", type=int, default=0)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
         device = resolve_device(args.device)
         options = {"path": args.data_path} if args.data_path else {}
-        ratings = ingest.load(args.dataset, **options)
+        ratings = ingest.load(args.dataset, **options, **ingest.source_options(args))
         data = split(ratings, args.split, test=args.test, valid=args.valid, seed=args.seed)
     except ValueError as exc:  # IngestError, a bad config value or device
         p.error(str(exc))
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = _scores(args, data, config, device, result, final, valid, test)
-    print(json.dumps(out) if args.json else _text(out))
+    print(json.dumps(_json_safe(out), allow_nan=False) if args.json else _text(out))
     return 0
 
 
@@ -118,6 +120,15 @@ def _scores(args, data, config, device, result, final, valid, test) -> dict:
         "baselines": {name: {"test_rmse": m.rmse, "test_mae": m.mae} for name, m in reference.items()},
         "split": data.summary(),
     }
+
+
+def _json_safe(value):
+    """`value` with every non-finite float as None: JSON has no NaN (an empty part's score)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _text(out: dict) -> str:

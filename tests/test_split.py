@@ -75,15 +75,58 @@ def test_leave_last_k_takes_each_users_latest(small_ratings):
 
 
 def test_cold_rows_are_counted_kept_or_dropped():
-    f = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [1, 2, 1, 2, 9], "rating": 4.0, "timestamp": 0})
+    f = pd.DataFrame({"user_id": [1, 1, 2, 2, 3] * 4, "item_id": [1, 2, 1, 2, 9] * 4, "rating": 4.0, "timestamp": 0})
+    f["item_id"] += np.repeat([0, 10, 20, 30], 5)  # four blocks of the same shape: item 9 (+10k) seen once
     r = canonical(f, name="c", rating_scale=(1, 5), source="c")
-    kept = next(s for seed in range(50) if (s := split(r, test=0.2, valid=0.0, seed=seed)).cold["test"])
-    assert kept.cold["test"] == 1 and len(kept.test_rows) == 1
+    kept = next(s for seed in range(200) if (s := split(r, test=0.2, valid=0.0, seed=seed)).cold["test"] == 1)
+    assert len(kept.test_rows) == 4
     part = kept.part("test")
-    assert part.users[0] == kept.n_users or part.items[0] == kept.n_items  # the fallback row
+    assert ((part.users == kept.n_users) | (part.items == kept.n_items)).sum() == 1  # the fallback row
     dropped = split(r, test=0.2, valid=0.0, seed=kept.settings["seed"], cold="drop")
-    assert dropped.cold["test"] == 1 and len(dropped.test_rows) == 0
+    assert dropped.cold["test"] == 1 and len(dropped.test_rows) == 3
     assert dropped.fingerprint != kept.fingerprint
+
+
+def _tiny(n, users=None):
+    f = pd.DataFrame({"user_id": np.arange(n) if users is None else users, "item_id": np.arange(n), "rating": 3.0,
+                      "timestamp": np.arange(n)})
+    return canonical(f, name="tiny", rating_scale=(1, 5), source="tiny")
+
+
+@pytest.mark.parametrize("ratings,kwargs,message", [
+    (_tiny(2), {}, "tiny: split random: the test part would be empty (2 rows): test=0.1 of 2 rows rounds to 0 "
+                   "rows; needs at least 6 rows (or test=0)"),
+    (_tiny(5), {"test": 0.2, "valid": 0.1},
+     "the valid part would be empty (5 rows): valid=0.1 of 5 rows rounds to 0 rows; "
+     "needs at least 6 rows (or valid=0)"),
+    (_tiny(2), {"test": 0.49, "valid": 0.49},
+     "the train part would be empty (2 rows): test + valid = 0.98 leaves it no row; needs at least 3 rows"),
+    (_tiny(3), {"strategy": "temporal", "valid": 0.0}, "split temporal: the test part would be empty (3 rows)"),
+    (_tiny(6, [0, 0, 0, 1, 1, 1]), {"strategy": "per_user"},
+     "split per_user: the test part would be empty (6 rows): test=0.1 of each user's rows, one kept for train, "
+     "rounds to 0 for every user; needs a user with at least 6 rows (the most any user has is 3)"),
+    (_tiny(6, [0, 0, 1, 1, 2, 2]), {"strategy": "leave_last_k"},
+     "split leave_last_k: the test part would be empty (6 rows): only users with at least 3 rows give their last "
+     "k=1 to test and valid; needs a user with at least 3 rows (the most any user has is 2)"),
+    (_tiny(20), {"test": 0.1, "valid": 0.0, "cold": "drop"},
+     "the test part would be empty: all 2 of its rows are cold (user or item unseen in train) and cold='drop' "
+     "removes them; needs more data, or cold='keep'"),
+])
+def test_too_little_data_to_split_is_one_clear_error(ratings, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        split(ratings, **kwargs)
+    assert message in str(error.value)
+
+
+def test_the_fewest_rows_named_are_enough():
+    assert len(split(_tiny(6)).test_rows) == 1
+    assert len(split(_tiny(6, [0] * 6), "per_user").test_rows) == 1
+    assert len(split(_tiny(3, [0, 0, 0]), "leave_last_k").valid_rows) == 1
+
+
+def test_a_part_not_asked_for_may_be_empty():
+    s = split(_tiny(8), test=0.2, valid=0.0)
+    assert len(s.valid_rows) == 0 and len(s.test_rows) == 2
 
 
 @pytest.mark.parametrize("kwargs,message", [

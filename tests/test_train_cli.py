@@ -90,3 +90,71 @@ def test_the_seed_configuration_reaches_its_bar_on_ml100k(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["test_rmse"] <= 0.93
     assert out["baselines"]["biases_only"]["test_rmse"] > out["test_rmse"]
+
+
+def _no_nan(text: str) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_has_null_where_a_score_is_undefined(ratings_csv, capsys):
+    assert main(["--dataset", str(ratings_csv), "--valid", "0", "--epochs", "2", "--json"]) == 0
+    out = _no_nan(capsys.readouterr().out)
+    assert out["valid_rmse"] is None and out["valid_mae"] is None and out["test_rmse"] > 0
+
+
+def test_too_little_data_fails_with_usage_naming_the_empty_part(tmp_path, capsys):
+    path = tmp_path / "two.csv"
+    path.write_text("user,item,rating\n1,2,3\n2,3,4\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", str(path), "--epochs", "2", "--json"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "two: split random: the test part would be empty (2 rows)" in err and "needs at least 6 rows" in err
+
+
+def _scaled_csv(tmp_path, bad_line=7):
+    rows = [f"{u},{i},{1 + (u * i) % 5}" for u in range(1, 9) for i in range(1, 9)]
+    rows[bad_line - 2] = rows[bad_line - 2].rsplit(",", 1)[0] + ",55"
+    path = tmp_path / "scaled.csv"
+    path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_declared_rating_scale_rejects_a_rating_outside_it(tmp_path, capsys):
+    path = _scaled_csv(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", str(path), "--rating-scale", "1,5", "--epochs", "1"])
+    assert exit_.value.code == 2
+    assert "scaled.csv: line 7, column 'rating': 55 is outside the rating scale: expected 1 <= rating <= 5" in (
+        capsys.readouterr().err)
+
+
+def test_the_reader_flags(tmp_path, capsys):
+    rows = [f"{i};{u};{1 + (u * i) % 5}" for u in range(30) for i in range(20)]
+    path = tmp_path / "raw.txt"
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["--dataset", str(path), "--no-header", "--sep", ";", "--columns", "item_id,user_id,rating",
+                 "--rating-scale", "1,5", "--epochs", "1", "--json"]) == 0
+    out = _no_nan(capsys.readouterr().out)
+    assert out["split"]["users"] == 30 and out["split"]["items"] == 20
+    headed = tmp_path / "headed.csv"
+    headed.write_text("who,what,stars\n" + "\n".join(r.replace(";", ",") for r in rows) + "\n")
+    assert main(["--dataset", str(headed), "--columns", "user_id=who,item_id=what,rating=stars", "--epochs", "1",
+                 "--json"]) == 0
+    assert _no_nan(capsys.readouterr().out)["split"]["users"] == 20
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rating-scale", "5"], "argument --rating-scale: rating_scale ['5']: expected two numbers"),
+    (["--rating-scale", "5,1"], "expected finite numbers with low <= high"),
+    (["--columns", "user=who"], "argument --columns: columns: unknown name(s) ['user']"),
+    (["--sep", ""], "argument --sep: sep ''"),
+    (["--no-header"], "ml-100k: reader option(s) header are for ratings files"),
+])
+def test_bad_reader_flags_fail_with_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
