@@ -50,7 +50,7 @@ def main() -> None:
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = load_space(args.config)
-    ratings = ingest.load(space.dataset)
+    ratings = ingest.load(space.dataset.name, **space.dataset.options())
     data = split(ratings, seed=space.split.seed)
     dims = data.dims
     times = {"off": [], "on": []}

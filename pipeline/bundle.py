@@ -1,66 +1,124 @@
-"""The model bundle: the logged scorer and the files `recommend` needs beside it, written and read
-here only.
+"""The logged model: its files, written and read here only.
 
-Files (MLflow `extra_files`): seen.parquet, the (user_id, item_id) pairs the model was fitted on;
-items.json, {"dataset": name, "titles": {item_id: title}} (JSON keys are strings; integer ids are
-restored on reading).
+An MLflow model folder with the pyfunc of `pipeline/serving.py` (a model from code) and, as its
+artifacts: scorer/model.pt2, the exported raw-id scorer (`torch.export`: no pickle); seen.parquet,
+the (user_id, item_id) pairs it was fitted on; items.json, {"dataset": name, "titles": {item_id:
+title}} (JSON keys are strings; integer ids are restored on reading); for string ids,
+vocabulary.json, each column's ids in the scorer's row order. The signature names the columns
+(`user_id`, `item_id`, long or string). Integer-id models also carry the `pytorch` flavor, so
+`mlflow.pytorch.load_model` returns the scorer itself: int64 (N, 2) raw ids -> float32 (N,).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
-from pipeline.tracking import TrackingError, configure_mlflow, reported
+from pipeline.tracking import TrackingError, configure_mlflow, reported, resolve_tracking_uri
 
-__all__ = ["ModelBundle", "load_bundle", "write_bundle_files"]
+__all__ = ["ModelBundle", "load_bundle", "save_model"]
 
-SEEN, ITEMS = "seen.parquet", "items.json"
+SERVING = Path(__file__).with_name("serving.py")
+SEEN, ITEMS, VOCABULARY = "seen.parquet", "items.json", "vocabulary.json"
 
 
-def write_bundle_files(folder: Path, seen: pd.DataFrame, titles: dict, dataset: str) -> list[str]:
-    """Write the bundle's files into `folder`; returns their paths for `log_model(extra_files=...)`.
+def save_model(path: Path, scorer: torch.nn.Module, *, user_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame,
+               titles: dict, dataset: str, metadata: dict) -> None:
+    """Write the model folder at `path`. scorer: a RawIdScorer over int64 ids (for string ids, over
+    their positions 0..n-1 in `user_ids` / `item_ids`, which are then written as the vocabulary).
     seen: columns user_id, item_id (raw ids)."""
-    seen[["user_id", "item_id"]].to_parquet(folder / SEEN, index=False)
-    (folder / ITEMS).write_text(json.dumps({"dataset": dataset, "titles": {str(k): v for k, v in titles.items()}}))
-    return [str(folder / SEEN), str(folder / ITEMS)]
+    import mlflow
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    integer = np.issubdtype(user_ids.dtype, np.integer) and np.issubdtype(item_ids.dtype, np.integer)
+    example = seen[["user_id", "item_id"]].head(8).reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "scorer").mkdir()
+        codes = example.to_numpy(np.int64) if integer else np.stack(
+            [np.searchsorted(user_ids, example.user_id), np.searchsorted(item_ids, example.item_id)], 1)
+        program = torch.export.export(scorer, (torch.from_numpy(codes.copy()),),
+                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))  # any batch size
+        torch.export.save(program, folder / "scorer" / "model.pt2")
+        seen[["user_id", "item_id"]].to_parquet(folder / SEEN, index=False)
+        (folder / ITEMS).write_text(json.dumps({"dataset": dataset, "titles": {str(k): v for k, v in titles.items()}}))
+        artifacts = {"scorer": str(folder / "scorer"), "seen": str(folder / SEEN), "items": str(folder / ITEMS)}
+        if not integer:
+            (folder / VOCABULARY).write_text(json.dumps({"user_id": user_ids.tolist(), "item_id": item_ids.tolist()}))
+            artifacts["vocabulary"] = str(folder / VOCABULARY)
+        # "any", not long: MLflow's server would cast a JSON 20.5 to 20 before the model sees it;
+        # serving.py checks the ids itself (names required, integral or string as the data's were).
+        kind = AnyType()
+        with warnings.catch_warnings():  # "add type hints to predict": the signature is the contract here
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.pyfunc.save_model(
+                path, python_model=str(SERVING), artifacts=artifacts, input_example=example, metadata=metadata,
+                signature=ModelSignature(inputs=Schema([ColSpec(kind, "user_id"), ColSpec(kind, "item_id")])),
+                # Pinned here: inferring requirements would import the model's modules (seconds).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                                  "pandas", "pyarrow"])
+    if integer:  # the scorer as a PyTorch model too (what mlflow.pytorch.save_model would write for pt2)
+        model = Model.load(path / "MLmodel")
+        model.add_flavor("pytorch", model_data="artifacts/scorer", pytorch_version=str(torch.__version__), code=None)
+        model.save(path / "MLmodel")
 
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A registered model loaded for serving: the scorer, and what `recommend` needs beside it.
+    """A logged or registered model loaded for serving: its pyfunc and what `recommend` needs.
 
-    scorer: int64 (N, 2) raw (user_id, item_id) -> float32 (N,) clamped ratings.
-    seen: the (user_id, item_id) pairs the model was trained on. titles: item_id -> title.
+    seen: the (user_id, item_id) pairs the model was fitted on. titles: item_id -> title.
     """
 
     uri: str
-    scorer: object
+    model: object
     seen: pd.DataFrame
     titles: dict
     dataset: str
 
-    def knows_user(self, user_id: int) -> bool:
-        return bool((self.seen["user_id"].to_numpy() == user_id).any())
+    @property
+    def integer_ids(self) -> bool:
+        return pd.api.types.is_integer_dtype(self.seen["user_id"])
 
-    def knows_item(self, item_id: int) -> bool:
-        return bool((self.seen["item_id"].to_numpy() == item_id).any())
+    def parse_id(self, text: str, what: str):
+        """A command-line id as the model's kind (int or str); ValueError when it cannot be one."""
+        if not self.integer_ids:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{what} {text!r}: this model's ids are integers") from None
+
+    def knows(self, column: str, raw_id) -> bool:
+        return bool((self.seen[column].to_numpy() == raw_id).any())
+
+    def score(self, users, items) -> np.ndarray:
+        """Predicted ratings float32 (N,) for raw ids (sequences of equal length)."""
+        return np.asarray(self.model.predict(pd.DataFrame({"user_id": users, "item_id": items})), dtype=np.float32)
 
 
 def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
-    """Download a logged or registered model once and load it (pt2: no pickle is executed)."""
+    """Download a logged or registered model once and load it (no pickle is executed)."""
     import mlflow
 
+    tracking_uri = resolve_tracking_uri(tracking_uri)  # the flag, else $MLFLOW_TRACKING_URI: as the search
     configure_mlflow(tracking_uri)
-    with reported(tracking_uri or mlflow.get_tracking_uri(), f"loading model {model_uri!r}"):
+    with reported(tracking_uri, f"loading model {model_uri!r}"):
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    extra = local / "extra_files"
-    if not (extra / SEEN).exists():
-        raise TrackingError(f"{model_uri}: not a pipeline model (no extra_files/{SEEN})")
-    info = json.loads((extra / ITEMS).read_text())
+        files = local / "artifacts"
+        if not (files / SEEN).exists():
+            raise TrackingError(f"{model_uri}: not a pipeline model (no artifacts/{SEEN})")
+        model = mlflow.pyfunc.load_model(str(local))
+    info = json.loads((files / ITEMS).read_text())
     titles = {int(k) if k.lstrip("-").isdigit() else k: v for k, v in info["titles"].items()}
-    return ModelBundle(uri=model_uri, scorer=mlflow.pytorch.load_model(str(local)),
-                       seen=pd.read_parquet(extra / SEEN), titles=titles, dataset=info["dataset"])
+    return ModelBundle(uri=model_uri, model=model, seen=pd.read_parquet(files / SEEN), titles=titles,
+                       dataset=info["dataset"])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
-__all__ = ["cpu_threads", "device_name", "resolve_device"]
+__all__ = ["cpu_threads", "device_memory", "device_name", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
@@ -50,3 +51,13 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's total, or this machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound
+        return 2**63

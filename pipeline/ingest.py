@@ -198,8 +198,10 @@ def _recbole_ml100k(scale: tuple[float, float]) -> Ratings | None:
     if not inter.exists():
         return None
     ratings = read_file(inter, name="ml-100k", rating_scale=scale)
-    items = pd.read_csv(inter.with_suffix(".item"), sep="\t", usecols=[0, 1], dtype=str)
-    titles = dict(zip(pd.to_numeric(items.iloc[:, 0]).tolist(), items.iloc[:, 1].tolist()))
+    items = pd.read_csv(inter.with_suffix(".item"), sep="\t", usecols=[0, 1, 2], dtype=str, keep_default_na=False)
+    # "Toy Story (1995)", as GroupLens's own u.item writes it (two films may share a title)
+    named = [f"{title} ({year})" if year.isdigit() else title for title, year in zip(items.iloc[:, 1], items.iloc[:, 2])]
+    titles = dict(zip(pd.to_numeric(items.iloc[:, 0]).tolist(), named))
     return ratings.replace(item_titles=titles)
 
 

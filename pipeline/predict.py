@@ -9,8 +9,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 from pipeline.bundle import load_bundle
 from pipeline.tracking import TrackingError
 
@@ -23,33 +21,33 @@ def model_arguments(description: str, prog: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/mf-movielens@champion",
                    help="a model URI: models:/<name>@<alias>, models:/<name>/<version>, runs:/...")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's)")
-    p.add_argument("--user", type=int, required=True, help="raw user id, as in the ratings file")
+    p.add_argument("--user", required=True, help="raw user id, as in the ratings file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = model_arguments(__doc__.splitlines()[0], "python -m pipeline.predict")
-    p.add_argument("--item", type=int, required=True, help="raw item id")
+    p.add_argument("--item", required=True, help="raw item id")
     args = p.parse_args(argv)
     try:
         bundle = load_bundle(args.model, args.tracking_uri)
-    except TrackingError as exc:
+        user, item = bundle.parse_id(args.user, "--user"), bundle.parse_id(args.item, "--item")
+    except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for kind, value, known in (("user", args.user, bundle.knows_user), ("item", args.item, bundle.knows_item)):
-        if not known(value):
-            print(f"error: {kind} {value} does not exist in {bundle.dataset}'s training data of {args.model}",
-                  file=sys.stderr)
+    for column, value in (("user_id", user), ("item_id", item)):
+        if not bundle.knows(column, value):
+            print(f"error: {column.split('_')[0]} {value} does not exist in {bundle.dataset}'s training data of "
+                  f"{args.model}", file=sys.stderr)
             return 2
-    with torch.no_grad():
-        rating = float(bundle.scorer(torch.tensor([[args.user, args.item]], dtype=torch.int64))[0])
+    rating = float(bundle.score([user], [item])[0])
     if args.json:
-        print(json.dumps({"model": args.model, "user_id": args.user, "item_id": args.item, "rating": rating,
-                          "title": bundle.titles.get(args.item)}))
+        print(json.dumps({"model": args.model, "user_id": user, "item_id": item, "rating": rating,
+                          "title": bundle.titles.get(item)}))
     else:
-        title = bundle.titles.get(args.item)
-        print(f"user {args.user}, item {args.item}{f' ({title})' if title else ''}: predicted rating {rating:.3f}")
+        title = bundle.titles.get(item)
+        print(f"user {user}, item {item}{f' ({title})' if title else ''}: predicted rating {rating:.3f}")
     return 0
 
 

@@ -9,7 +9,6 @@ import json
 import sys
 
 import numpy as np
-import torch
 
 from pipeline.bundle import load_bundle
 from pipeline.predict import model_arguments
@@ -18,17 +17,14 @@ from pipeline.tracking import TrackingError
 __all__ = ["main", "top_unseen"]
 
 
-def top_unseen(bundle, user_id: int, top: int) -> list[tuple[int, float]]:
+def top_unseen(bundle, user_id, top: int) -> list[tuple[object, float]]:
     """The `top` highest-scored items the user has not rated in training: [(item_id, rating)]."""
     seen = bundle.seen
-    items = np.unique(seen["item_id"].to_numpy())
     rated = seen["item_id"].to_numpy()[seen["user_id"].to_numpy() == user_id]
-    candidates = np.setdiff1d(items, rated)
-    pairs = torch.from_numpy(np.stack([np.full(len(candidates), user_id), candidates], 1).astype(np.int64))
-    with torch.no_grad():
-        scores = bundle.scorer(pairs)
-    best = torch.topk(scores, min(top, len(candidates)))
-    return [(int(candidates[i]), float(s)) for s, i in zip(best.values, best.indices)]
+    candidates = np.setdiff1d(np.unique(seen["item_id"].to_numpy()), rated)
+    scores = bundle.score(np.full(len(candidates), user_id, dtype=seen["user_id"].dtype), candidates)
+    best = np.argsort(-scores, kind="stable")[:top]
+    return [(candidates[i].item() if hasattr(candidates[i], "item") else candidates[i], float(scores[i])) for i in best]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,21 +35,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--top {args.top}: expected >= 1")
     try:
         bundle = load_bundle(args.model, args.tracking_uri)
-    except TrackingError as exc:
+        user = bundle.parse_id(args.user, "--user")
+    except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not bundle.knows_user(args.user):
-        print(f"error: user {args.user} does not exist in {bundle.dataset}'s training data of {args.model}",
+    if not bundle.knows("user_id", user):
+        print(f"error: user {user} does not exist in {bundle.dataset}'s training data of {args.model}",
               file=sys.stderr)
         return 2
-    ranked = top_unseen(bundle, args.user, args.top)
+    ranked = top_unseen(bundle, user, args.top)
     if args.json:
-        print(json.dumps({"model": args.model, "user_id": args.user, "items": [
+        print(json.dumps({"model": args.model, "user_id": user, "items": [
             {"item_id": i, "rating": r, "title": bundle.titles.get(i)} for i, r in ranked]}))
     else:
-        print(f"top {len(ranked)} unseen items for user {args.user} ({args.model}):")
+        print(f"top {len(ranked)} unseen items for user {user} ({args.model}):")
+        print(f"{'rank':>4}  {'rating':>6}  {'item_id':>7}  title")
         for rank, (item, rating) in enumerate(ranked, 1):
-            print(f"{rank:3d}. {rating:.3f}  {item:>7}  {bundle.titles.get(item, '')}")
+            print(f"{rank:>4}  {rating:>6.3f}  {item:>7}  {bundle.titles.get(item, '')}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Annotated, Any, Literal
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
+from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
 from pipeline.trainer import TrainConfig
 
-__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "space_file", "suggest"]
+__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "space_corners", "space_file", "suggest"]
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
@@ -35,7 +38,8 @@ class SpaceError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML gives native types, so `epochs: true` or `low: "3"` is a mistake, not a 1 or a 3
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class IntParam(_Strict):
@@ -95,6 +99,40 @@ def _check_bounds(low, high, log) -> None:
         raise ValueError(f"log scale needs positive bounds, got low {low}")
 
 
+class DatasetSpec(_Strict):
+    """`dataset:` a name (MovieLens, synthetic[:...], a ratings file), or a mapping of that `name`
+    and `ingest.load`'s options, e.g. `{name: ml-100k, rating_scale: [1, 5]}`."""
+
+    name: str
+    rating_scale: list[float] | None = Field(None, min_length=2, max_length=2)
+    columns: dict[str, str] | list[str] | None = None
+    sep: str | None = None
+    header: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _scale(cls, value):
+        return value if value is None else list(check_scale(value))
+
+    @model_serializer
+    def _dump(self) -> dict | str:
+        # A bare name dumps as the string it was, so the digest of a space written that way is unchanged.
+        return {"name": self.name, **self.options()} if self.options() else self.name
+
+    def options(self) -> dict:
+        """The `ingest.load` keywords given here."""
+        options = {k: v for k in ("rating_scale", "columns", "sep", "header") if (v := getattr(self, k)) is not None}
+        return {**options, "rating_scale": tuple(self.rating_scale)} if self.rating_scale else options
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class SplitSpec(_Strict):
     strategy: Literal[STRATEGIES] = "random"  # type: ignore[valid-type]
     test: float = Field(0.1, ge=0, lt=1)
@@ -117,7 +155,7 @@ class PrunerSpec(_Strict):
 class SearchSpace(_Strict):
     """One search: the data, the parameters, the training budget, the sampler and the pruner."""
 
-    dataset: str = "ml-100k"
+    dataset: DatasetSpec = DatasetSpec(name="ml-100k")
     split: SplitSpec = SplitSpec()
     params: dict[str, Distribution | ConditionalParam]
     epochs: int = Field(20, ge=1)
@@ -148,6 +186,11 @@ class SearchSpace(_Strict):
                 raise ValueError(f"params.{key}: the grid sampler takes categorical or fixed parameters only")
         return self
 
+    def searched(self) -> list[str]:
+        """The parameters this space searches (not fixed in every case), in file order."""
+        cases = lambda spec: spec.cases.values() if isinstance(spec, ConditionalParam) else [spec]  # noqa: E731
+        return [k for k, spec in self.params.items() if any(not isinstance(c, FixedParam) for c in cases(spec))]
+
     def digest(self) -> str:
         """sha256 of the space's content (not its file name): a study is tied to one digest."""
         blob = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, default=str)
@@ -177,13 +220,29 @@ def space_file(path: str | Path) -> Path:
     return path if path.suffix or path.exists() else SEARCH_SPACES / f"{path}.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a YAML search space (see `space_file` for the path)."""
     path = space_file(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not a text file (byte {exc.start} is not UTF-8): expected a YAML "
+                         "search space") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
@@ -209,24 +268,39 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def _check_configs(space: SearchSpace, path: Path) -> None:
-    """Every corner of the space must make a valid TrainConfig (e.g. no weight decay with sparse_sgd)."""
+    """Every corner of the space must make a valid TrainConfig (types, ranges, combinations such
+    as no weight decay with sparse_sgd): checked before any training."""
     try:
-        suggest(optuna.trial.FixedTrial(_corner(space, "low")), space)
-        suggest(optuna.trial.FixedTrial(_corner(space, "high")), space)
+        for _ in space_corners(space):
+            pass
     except ValueError as exc:
         raise SpaceError(f"{path}: params: {exc}") from None
 
 
-def _corner(space: SearchSpace, end: str) -> dict:
-    """The low (or high) end of every parameter, conditionals resolved by the first choice."""
-    values = {}
+def space_corners(space: SearchSpace):
+    """A TrainConfig for every combination of categorical choices, with every numeric parameter
+    at its low end and then at its high end: the configs that bound the space (sizes, memory)."""
+    plain = [(k, v) for k, v in _ordered(space) if isinstance(v, CategoricalParam)]
+    for choices in itertools.product(*(spec.choices for _, spec in plain)):
+        for end in ("low", "high"):
+            yield suggest(optuna.trial.FixedTrial(_corner(space, end, dict(zip([k for k, _ in plain], choices)))),
+                          space)
+
+
+def _corner(space: SearchSpace, end: str, chosen: dict) -> dict:
+    """Optuna values for FixedTrial: numeric parameters at `end`, categoricals from `chosen` (the
+    plain ones, by key) or their first choice (conditional ones)."""
+    values, keys = {}, {}
     for key, spec in _ordered(space):
+        name = key
         if isinstance(spec, ConditionalParam):
-            key, spec = _case(key, spec, values)
+            name, spec = _case(key, spec, keys)
         if isinstance(spec, (IntParam, FloatParam)):
-            values[key] = getattr(spec, end)
+            values[name] = keys[key] = getattr(spec, end)
         elif isinstance(spec, CategoricalParam):
-            values[key] = spec.choices[0]
+            values[name] = keys[key] = chosen.get(key, spec.choices[0])
+        else:
+            keys[key] = spec.value
     return values
 
 

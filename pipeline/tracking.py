@@ -9,6 +9,8 @@ more than an epoch of ml-100k.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -22,6 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from pipeline.urls import masked
 
 __all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported", "resolve_tracking_uri"]
 
@@ -97,11 +100,12 @@ class TrialRun:
 def reported(tracking_uri: str, doing: str = ""):
     """MLflow failures (after the client's own retries) as one TrackingError naming the store and
     what was being done; never a raw MlflowException traceback."""
+    tracking_uri = masked(tracking_uri)
     try:
         yield
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: "
-                            f"{exc.message[:300]}") from None
+                            f"{masked(exc.message[:300])}") from None
     except OSError as exc:  # an artifact store that cannot be written (a read-only folder, a full disk)
         raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: {exc}") from None
 
@@ -160,6 +164,27 @@ class Tracker:
         with self._reported("tagging the parent run"):
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return True
+
+    def share_trials_view(self, study_name: str, params: list[str]) -> None:
+        """Save the study's comparison view in the experiment, as `mlflow ui`'s "share view" does
+        (tag mlflow.sharedViewState.<key>: plain JSON of the runs table's state): the study's
+        trials only, best valid RMSE first, with the state, that metric and `params` as columns.
+        Also marks the experiment as model training (what MLflow reads for its default view)."""
+        state = {
+            "searchFilter": f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            "orderByKey": "metrics.`best_valid_rmse`", "orderByAsc": True,
+            "selectedColumns": ["metrics.`best_valid_rmse`", "tags.`optuna.state`", "metrics.`best_epoch`",
+                                *(f"params.`{p}`" for p in params), "metrics.`train_seconds`"],
+        }
+        with self._reported("saving the trials' comparison view"):
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+            self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{_view_key(study_name)}",
+                                           json.dumps(state))
+
+    def trials_view_link(self, study_name: str) -> str:
+        """The `mlflow ui` address (after the server's root) of `share_trials_view`'s view."""
+        return (f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+                f"&viewStateShareKey={_view_key(study_name)}")
 
     def close_parent(self, status: str) -> None:
         if self.parent_id is not None:
@@ -220,32 +245,21 @@ class Tracker:
 
     # --- model and registry -----------------------------------------------------------------
 
-    @contextmanager
-    def _as_active_parent(self):
-        """`mlflow.pytorch.log_model` logs to the fluent active run: make it the parent, briefly."""
-        with mlflow.start_run(run_id=self.parent_id):
-            yield
-
-    def log_model(self, scorer, input_example, extra_files: list[str], metadata: dict, key: dict[str, str]) -> str:
-        """Log the export wrapper in the pt2 format (no pickle), `extra_files` beside it; returns
-        the model URI. Idempotent per `key` (tags naming what the model is, e.g. study and trial):
-        a READY model logged under the same key by an earlier, interrupted finish is reused, and
-        one left half-logged is deleted."""
-        import torch
-
+    def log_model(self, folder, key: dict[str, str]) -> str:
+        """Log the MLflow model folder `folder` (see bundle.save_model) as a model of the parent
+        run, tagged `key`; returns its URI. Idempotent per `key` (e.g. study and best trial): a
+        READY model an earlier, interrupted finish logged under it is reused, and one it left
+        half-logged is deleted."""
         with self._reported("looking for an earlier copy of the model"):
             uri = self._reuse_logged_model(key)
         if uri is not None:
             return uri
-        with self._reported("logging the model"), self._as_active_parent():
-            info = mlflow.pytorch.log_model(
-                scorer, name="model", input_example=input_example, serialization_format="pt2",
-                extra_files=extra_files, metadata=metadata, tags=key,
-                # Pinned here: inferring requirements imports the model's modules (seconds) and
-                # would write torch's local "+cpu" label.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
-        return info.model_uri
+        with self._reported("logging the model"):
+            model = mlflow.initialize_logged_model(name="model", source_run_id=self.parent_id, tags=key,
+                                                   experiment_id=self.experiment_id)
+            self.client.log_model_artifacts(model.model_id, str(folder))
+            mlflow.finalize_logged_model(model.model_id, "READY")
+        return f"models:/{model.model_id}"
 
     def _reuse_logged_model(self, key: dict[str, str]) -> str | None:
         ready = None
@@ -292,6 +306,10 @@ class Tracker:
         return str(version), alias
 
 
+def _view_key(study_name: str) -> str:
+    return "trials-" + hashlib.sha256(study_name.encode()).hexdigest()[:16]
+
+
 @contextmanager
 def _sqlite_lock(tracking_uri: str):
     """For a SQLite store, hold an exclusive lock on its file while MLflow creates or migrates the
@@ -326,5 +344,5 @@ def _wait_for_server(tracking_uri: str, wait: float) -> None:
             return
         except (urllib.error.URLError, OSError) as exc:
             if time.monotonic() > deadline:
-                raise TrackingError(f"cannot reach the MLflow tracking server at {tracking_uri} ({exc})") from None
+                raise TrackingError(f"cannot reach the MLflow tracking server at {masked(tracking_uri)} ({exc})") from None
             time.sleep(1.0)

@@ -29,6 +29,7 @@ __all__ = ["FAMILIES", "OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig"
 # the batch (lazy: no dense state, no dense pass over the tables), as in Funk / Surprise SVD.
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "sparse_sgd")
 FAMILIES = ("mf", "bayes")
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float)}  # TrainConfig's field types (no bools)
 
 # (epoch, train_loss, valid_rmse) -> True to stop training. May raise (e.g. optuna.TrialPruned).
 EpochCallback = Callable[[int, float, float], "bool | None"]
@@ -84,6 +85,13 @@ class TrainConfig:
     parameters are restored. None: train all epochs (the best epoch is still restored)."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # the annotations are strings: "int", "float | None", ...
+            value, kinds = getattr(self, f.name), f.type.replace(" ", "").split("|")
+            if value is None and "None" in kinds:
+                continue
+            allowed = tuple(t for kind in kinds if kind != "None" for t in _TYPES[kind])
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ValueError(f"train config {f.name}={value!r}: expected {' or '.join(kinds)}")
         checks = [
             (self.family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}"),
             (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
@@ -109,6 +117,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def memory_bytes(self, n_users: int, n_items: int) -> int:
+        """A rough peak of training memory, to refuse sizes that cannot fit before any training:
+        the float32 tables and their copies (gradients, optimizer state, best epoch, implicit
+        blocks); for bayes, the kept samples and each side's (rows, d, d) precision matrices."""
+        width = self.factors + 2
+        tables = (n_users + n_items + 2) * width * 4
+        if self.family == "bayes":
+            return tables * (4 + self.epochs - self.burn_in) + 3 * (max(n_users, n_items) + 1) * width * width * 4
+        return tables * 7
 
 
 @dataclass

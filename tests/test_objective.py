@@ -73,13 +73,13 @@ def test_the_reference_trial_is_the_d2l_configuration(small_split):
     assert run.final["best_valid_rmse"] == pytest.approx(min(v["valid_rmse"] for _, v in run.epochs))
 
 
-@pytest.mark.parametrize("error,status,state", [
-    (optuna.TrialPruned("pruned at epoch 3"), "KILLED", "PRUNED"),
-    (TrainingDiverged(2, float("nan")), "FAILED", "FAIL"),
-    (KeyboardInterrupt(), "KILLED", "FAIL"),
-    (ZeroDivisionError("a bug"), "FAILED", "FAIL"),
+@pytest.mark.parametrize("error,status,state,note", [
+    (optuna.TrialPruned("pruned at epoch 3"), "FINISHED", "PRUNED", "Pruned: pruned at epoch 3"),
+    (TrainingDiverged(2, float("nan")), "FAILED", "FAIL", "Failed: training diverged at epoch 2"),
+    (KeyboardInterrupt(), "KILLED", "FAIL", "Interrupted"),
+    (ZeroDivisionError("a bug"), "FAILED", "FAIL", "Failed: ZeroDivisionError('a bug')"),
 ])
-def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error, status, state):
+def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error, status, state, note):
     trial, tracker = FixedTrial({}), RecordingTracker()
     with pytest.raises(type(error)):
         with tracked(trial, tracker, "s") as life:
@@ -88,6 +88,7 @@ def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error, status,
     assert len(tracker.run.ended) == 1
     ended_status, tags = tracker.run.ended[0]
     assert (ended_status, tags["optuna.state"]) == (status, state)
+    assert tags["mlflow.note.content"].startswith(note)  # the run's description in mlflow ui says why
     if state == "FAIL":
         assert trial.user_attrs["fail_reason"] and tags["fail_reason"] == trial.user_attrs["fail_reason"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections import Counter
 
 from optuna.trial import TrialState
 
@@ -76,7 +77,9 @@ def _finish_once(session: Session) -> tuple[str, int]:
     Returns (the parent run's status, exit code)."""
     study = session.study
     if not any(t.state == TrialState.COMPLETE for t in study.trials):
-        print("error: no trial completed; see the failed trials in MLflow", file=sys.stderr)
+        states = Counter(t.state.name.lower() for t in study.trials)
+        seen = ", ".join(f"{n} {state}" for state, n in states.items()) or "none ran"
+        print(f"error: no trial completed ({seen}); see the trials' runs in MLflow", file=sys.stderr)
         return "FAILED", 1
     best = study.best_trial.number
     o = session.options

@@ -12,7 +12,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from pipeline.bundle import write_bundle_files
+from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, evaluate
 from pipeline.model import RawIdScorer
 from pipeline.split import Split
@@ -29,10 +29,10 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     best = study.best_trial
     model, test, references = _score(study, data, device, seed, reference)
     figures, skipped = _log_figures(study, tracker)
-    tracker.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+    tracker.log_text(_trials_csv(study), "trials.csv")
     tracker.log_parent(
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
-        metrics={"best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
+        metrics={"study_best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
                  **{f"reference.{k}_test_{m}": v[f"test_{m}"] for k, v in references.items() for m in ("rmse", "mae")}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
@@ -45,7 +45,19 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
         "plots": figures, "plots_skipped": skipped, "model_uri": uri,
         "registered": f"models:/{register_as}/{version}" if version else None, "alias": alias,
         "alias_uri": f"models:/{register_as}@{alias}" if alias else None,
+        "compare_link": tracker.trials_view_link(study.study_name),
     }
+
+
+def _trials_csv(study: optuna.Study) -> str:
+    """One row per trial: number, state, valid RMSE, best epoch, seconds, and every TrainConfig
+    field as trained (trial 0's too: the reference configuration is not Optuna's to suggest)."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "number": t.number, "state": t.state.name, "valid_rmse": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
+        "seconds": t.duration.total_seconds() if t.duration else None, **t.user_attrs.get("config", {}),
+    } for t in study.trials]).to_csv(index=False)
 
 
 def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, reference: bool):
@@ -84,21 +96,17 @@ def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict
 
 
 def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict):
-    """Log the raw-id scorer with its bundle files and register it, once per `key` (study, best
-    trial) however often a finish is retried: (model uri, version, alias), or Nones where the ids
-    are strings (the exported graph takes int64 ids only)."""
-    if not (np.issubdtype(data.user_ids.dtype, np.integer) and np.issubdtype(data.item_ids.dtype, np.integer)):
-        return None, None, None
-    scorer = RawIdScorer(model.cpu().eval(), torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids)).eval()
-    frame = data.ratings.frame
-    example_rows = data.test_rows[:8] if len(data.test_rows) > 1 else data.train_rows[:8]
-    example = frame[["user_id", "item_id"]].to_numpy()[example_rows].astype(np.int64)
-    seen = frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
+    """Log the model (the raw-id scorer and its files, see bundle.py) and register it, once per
+    `key` (study, best trial) however often a finish is retried: (model uri, version, alias)."""
+    integer = np.issubdtype(data.user_ids.dtype, np.integer) and np.issubdtype(data.item_ids.dtype, np.integer)
+    rows = lambda ids: torch.from_numpy(ids if integer else np.arange(len(ids)))  # noqa: E731 - strings: positions
+    scorer = RawIdScorer(model.cpu().eval(), rows(data.user_ids), rows(data.item_ids)).eval()
+    seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_bundle_files(Path(tmp), seen, data.ratings.item_titles, data.ratings.name)
-        uri = tracker.log_model(scorer, example, files,
-                                metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name},
-                                key=key)
+        save_model(Path(tmp) / "model", scorer, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen,
+                   titles=data.ratings.item_titles, dataset=data.ratings.name,
+                   metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name})
+        uri = tracker.log_model(Path(tmp) / "model", key)
     version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint, key)
     return uri, version, alias
 
@@ -106,6 +114,7 @@ def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, re
 def log_study_inputs(tracker: Tracker, space_path: Path, space, data: Split, cap: int, study_name: str) -> None:
     """The parent run's inputs, logged once by the process that created it: the search space, the
     resolved configuration, and the three parts as `mlflow.data` datasets (a 10,000-row preview)."""
+    tracker.share_trials_view(study_name, space.searched())
     tracker.log_text(space_path.read_text(), "search_space.yaml")
     tracker.log_text(json.dumps({"space": space.model_dump(), "split": data.settings, "split_summary": data.summary(),
                                  "trials_cap": cap, "study_name": study_name}, indent=2, default=str),

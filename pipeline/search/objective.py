@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ class OverCap(RuntimeError):
 # A trial that fails for one of these is recorded FAIL with its reason and the study goes on;
 # anything else (a bug, Ctrl-C) stops the worker, after the trial's run is closed.
 EXPECTED_FAILURES = (TrainingDiverged, TrackingError, OverCap)
+NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -49,15 +51,20 @@ class _NoRun:
 
 class _TrialLifecycle:
     """A trial's MLflow run from start to end; its status set once, by how the trial ended:
-    COMPLETE -> FINISHED, PRUNED -> KILLED, an expected failure -> FAILED (reason kept on the
-    trial and the run), Ctrl-C -> KILLED, anything else -> FAILED. `run` is a no-op until `start`."""
+    COMPLETE -> FINISHED, PRUNED -> FINISHED too (stopping early is the pruner working, not a
+    fault; the tag optuna.state and the run's description say so), an expected failure -> FAILED
+    (reason kept on the trial and the run), Ctrl-C -> KILLED, anything else -> FAILED. So red in
+    `mlflow ui` means something went wrong. `run` is a no-op until `start`."""
 
     def __init__(self, trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> None:
         self.trial, self.tracker, self.study_name = trial, tracker, study_name
         self.run: TrialRun | _NoRun = _NoRun()
 
     def start(self, config: TrainConfig) -> TrialRun | _NoRun:
-        params = {**config.to_dict(), "trial_number": self.trial.number}
+        # As trained: l2_bias resolved, no 'None' cells (patience off is no patience column).
+        params = {k: v for k, v in config.to_dict().items() if v is not None}
+        params["l2_bias"] = config.l2 if config.l2_bias is None else config.l2_bias
+        params["trial_number"] = self.trial.number
         if self.tracker is not None:
             self.run = self.tracker.start_trial(self.trial.number, params, self.study_name)
             self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
@@ -67,13 +74,15 @@ class _TrialLifecycle:
         if exc is None:
             self.run.end("FINISHED", tags={"optuna.state": "COMPLETE"})
         elif isinstance(exc, optuna.TrialPruned):
-            self.run.end("KILLED", tags={"optuna.state": "PRUNED"})
+            self.run.end("FINISHED", tags={"optuna.state": "PRUNED", NOTE: f"Pruned: {exc}"})
         else:
             reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else repr(exc)[:500]
             self.trial.set_user_attr("fail_reason", reason)
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            note = "Interrupted (Ctrl-C or SIGTERM); rerun the search to resume" if interrupted else f"Failed: {reason}"
             try:  # a tracking error while closing must not hide the trial's own error
-                self.run.end(status, tags={"optuna.state": "FAIL", "fail_reason": reason})
+                self.run.end("KILLED" if interrupted else "FAILED",
+                             tags={"optuna.state": "FAIL", "fail_reason": reason, NOTE: note})
             except TrackingError as closing:
                 print(f"warning: could not close MLflow run {self.run.run_id}: {closing}", file=sys.stderr)
 
@@ -130,12 +139,18 @@ class Objective:
 
 
 def _reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
-    """The epoch callback: log the curve, report to Optuna, prune."""
+    """The epoch callback: log the curve, report to Optuna, prune (a pruned trial's run still gets
+    its best valid RMSE so far, so it sorts among the others in `mlflow ui`)."""
+    best = (math.inf, 0)
+
     def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
+        nonlocal best
         raise_if_interrupted()
         run.epoch(epoch, train_mse=train_mse, valid_rmse=valid_rmse)
+        best = min(best, (valid_rmse, epoch))
         trial.report(valid_rmse, epoch)
         if trial.should_prune():
+            run.log(best_valid_rmse=best[0], best_epoch=best[1], epochs_run=epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: valid RMSE {valid_rmse:.4f}")
 
     return on_epoch

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import ingest
 from pipeline.space import SEARCH_SPACES, space_file
 
 __all__ = ["DEFAULT_STORAGE", "SearchError", "SearchOptions", "parser"]
@@ -35,10 +36,17 @@ class SearchOptions:
     seed: int = 0
     workers: int = 1
     quiet: bool = False
+    rating_scale: tuple[float, float] | None = None
+    columns: dict[str, str] | None = None
+    sep: str | None = None
+    header: bool | None = None
+    """The ratings source's flags (`ingest.add_source_flags`), over the space's dataset options."""
 
     def __post_init__(self) -> None:
         if self.n_trials is not None and self.n_trials < 1:
             raise SearchError(f"--n-trials {self.n_trials}: expected >= 1")
+        if self.timeout is not None and not self.timeout > 0:
+            raise SearchError(f"--timeout {self.timeout:g}: expected > 0 seconds (leave it out for no limit)")
         if self.workers < 1:
             raise SearchError(f"--workers {self.workers}: expected >= 1")
 
@@ -71,4 +79,5 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="sampler and training seed")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes on this machine, sharing the study")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    ingest.add_source_flags(p)
     return p

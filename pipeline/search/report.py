@@ -6,6 +6,7 @@ import sys
 import time
 
 import optuna
+from pipeline.urls import masked
 from optuna.trial import TrialState
 
 __all__ = ["Progress", "print_summary", "start_line"]
@@ -13,7 +14,7 @@ __all__ = ["Progress", "print_summary", "start_line"]
 
 def start_line(study_name: str, ratings, data, device, cap: int, workers: int, tracking_uri: str) -> str:
     return (f"study {study_name}: {ratings.name} ({len(ratings):,} ratings), split {data.summary()}, "
-            f"device {device}, cap {cap} trials, {workers} worker(s); MLflow {tracking_uri}")
+            f"device {device}, cap {cap} trials, {workers} worker(s); MLflow {masked(tracking_uri)}")
 
 
 class Progress:
@@ -66,13 +67,12 @@ def print_summary(s: dict, tracking_uri: str) -> None:
     print(f"\n{'model':<34}{'test RMSE':>10}{'test MAE':>10}")
     for name, rmse, mae in rows:
         print(f"{name:<34}{rmse:>10.4f}{mae:>10.4f}")
-    if s["alias_uri"]:
-        print(f"\nregistered {s['registered']} as {s['alias']}: load it with {s['alias_uri']}")
-    else:
-        print("\nnot registered: the model takes int64 raw ids and this dataset's ids are strings")
+    print(f"\nregistered {s['registered']} as {s['alias']}: load it with {s['alias_uri']}")
     for name, why in s["plots_skipped"].items():
         print(f"plot {name} skipped: {why}")
-    ui = "mlflow ui" + ("" if tracking_uri == "sqlite:///mlflow.db" else f" --backend-store-uri {tracking_uri}")
+    link = s.get("compare_link", "")
     if tracking_uri.startswith("http"):
-        ui = f"open {tracking_uri}"
-    print(f"compare every trial: {ui}")
+        print(f"compare the trials, best first: open {masked(tracking_uri).rstrip('/')}/{link}")
+    else:
+        ui = "mlflow ui" + ("" if tracking_uri == "sqlite:///mlflow.db" else f" --backend-store-uri {masked(tracking_uri)}")
+        print(f"compare the trials, best first: {ui}, then open http://127.0.0.1:5000/{link}")

@@ -11,12 +11,12 @@ import optuna
 import torch
 
 from pipeline import ingest
-from pipeline.device import device_name, resolve_device
+from pipeline.device import device_memory, device_name, resolve_device
 from pipeline.ratings import Ratings
 from pipeline.search.objective import Objective
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
-from pipeline.space import SearchSpace, load_space
+from pipeline.space import SearchSpace, load_space, space_corners
 from pipeline.split import Split, split
 from pipeline.tracking import Tracker, resolve_tracking_uri
 
@@ -69,15 +69,29 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     except ValueError as exc:
         raise SearchError(f"--{exc}") from None
     database = check_storage(options.storage)
-    ratings = ingest.load(options.dataset or space.dataset)
+    # --dataset replaces the space's dataset, its options with it; the source flags apply to either.
+    declared = {} if options.dataset else space.dataset.options()
+    ratings = ingest.load(options.dataset or space.dataset.name, **{**declared, **ingest.source_options(options)})
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
+    _check_memory(space, data, device)
     tracker = Tracker.connect(resolve_tracking_uri(options.tracking_uri), options.experiment, wait=tracker_wait)
     storage = database or open_storage(options.storage)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
     shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed)
     return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials))
+
+
+def _check_memory(space: SearchSpace, data: Split, device: torch.device) -> None:
+    """Refuse a space whose largest model cannot fit on the device, before any training."""
+    largest = max(space_corners(space), key=lambda c: c.memory_bytes(data.n_users, data.n_items))
+    need, have = largest.memory_bytes(data.n_users, data.n_items), device_memory(device)
+    if need > have:
+        raise SearchError(
+            f"params.factors: a {largest.family} model with {largest.factors} factors on {data.n_users} users x "
+            f"{data.n_items} items needs ~{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of {device}; "
+            "lower the space's factors (or epochs, for bayes)")
 
 
 def _git_commit() -> str:

@@ -23,6 +23,7 @@ from pipeline.search.options import SearchError
 from pipeline.space import SearchSpace
 from pipeline.split import Split
 from pipeline.tracking import Tracker
+from pipeline.urls import masked
 
 __all__ = ["Cap", "CloseStaleRuns", "SharedStudy", "attach_parent", "check_storage", "close_orphan_runs",
            "open_storage", "open_study", "retry_dead_trials", "this_process"]
@@ -61,14 +62,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             # Workers starting together race to create the tables; the loser finds them next time.
             time.sleep(0.5 + attempt)
         except Exception as exc:  # noqa: BLE001 - driver errors share no base worth naming
-            raise SearchError(f"--storage {url}: cannot open ({type(exc).__name__}: {exc})") from None
-    raise SearchError(f"--storage {url}: could not create Optuna's tables (another process keeps racing)")
+            raise SearchError(f"--storage {masked(url)}: cannot open ({type(exc).__name__}: {masked(exc)})") from None
+    raise SearchError(f"--storage {masked(url)}: could not create Optuna's tables (another process keeps racing)")
 
 
 def _journal_path(url: str) -> Path:
     path = Path(url.removeprefix("journal:"))
     if not path.parent.is_dir():
         raise SearchError(f"--storage {url}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SearchError(f"--storage {url}: {path if path.exists() else path.parent} is not writable; "
+                          "run from a writable folder or pass --storage")
     return path
 
 
@@ -227,7 +231,7 @@ def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -
     if created:
         return True
     if not tracker.reopen_parent(run_id, tags):
-        raise SearchError(f"MLflow parent run {run_id} of study {shared.name!r} is not in {tracker.tracking_uri}")
+        raise SearchError(f"MLflow parent run {run_id} of study {shared.name!r} is not in {masked(tracker.tracking_uri)}")
     return False
 
 
