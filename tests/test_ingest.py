@@ -169,14 +169,7 @@ def test_a_download_with_the_wrong_checksum_leaves_nothing_in_the_cache(monkeypa
 
 
 def test_a_verified_download_is_cached_and_reused(monkeypatch):
-    payload = io.BytesIO()
-    with zipfile.ZipFile(payload, "w") as z:
-        z.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n")
-    import hashlib
-    md5 = hashlib.md5(payload.getvalue()).hexdigest()
-    served = {"ml-latest-small.zip": payload.getvalue(), "ml-latest-small.zip.md5": f"{md5}  ml-latest-small.zip\n".encode()}
-    monkeypatch.setattr(ingest.urllib.request, "urlopen",
-                        lambda url, timeout: _FakeResponse(served[url.rsplit("/", 1)[1]]))
+    _served_ml_latest_small(monkeypatch)
     assert len(ingest.load("ml-latest-small")) == 1
     assert [p.name for p in ingest.cache_dir().iterdir()] == ["ml-latest-small.zip"]
     monkeypatch.setattr(ingest.urllib.request, "urlopen", None)  # a second load must not download
