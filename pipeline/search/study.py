@@ -7,6 +7,7 @@ study's private `_storage`), and the heartbeat is read from that same object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -133,26 +134,26 @@ class SharedStudy:
 
         def beat() -> None:
             n = 0
-            while not stop.is_set():
-                self.study.set_user_attr(key, {"attempt": attempt, "beat": n, "released": False})
-                n += 1
-                stop.wait(grace / 4)
+            with contextlib.suppress(Exception):  # a storage gone away: the lease lapses, as it should
+                while not stop.is_set():
+                    self.study.set_user_attr(key, {"attempt": attempt, "beat": n, "released": False})
+                    n += 1
+                    stop.wait(grace / 4)
 
         thread = threading.Thread(target=beat, name=f"beat-{key}", daemon=True)
         thread.start()
+        released = False
         try:
             work()
         except BaseException:
-            stop.set()
-            thread.join()
-            try:  # let the next waiter take over now rather than after the grace period
-                self.study.set_user_attr(key, {"attempt": attempt, "beat": -1, "released": True})
-            except Exception:  # noqa: BLE001 - the grace period covers a storage that is gone
-                pass
+            released = True
             raise
         finally:
             stop.set()
             thread.join()
+            if released:  # let the next waiter take over now rather than after the grace period
+                with contextlib.suppress(Exception):
+                    self.study.set_user_attr(key, {"attempt": attempt, "beat": -1, "released": True})
 
 
 def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -> SharedStudy:
