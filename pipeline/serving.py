@@ -35,7 +35,7 @@ class RatingModel(mlflow.pyfunc.PythonModel):
             ids = json.loads(Path(vocabulary).read_text())
             self.positions = {column: pd.Index(ids[column]) for column in COLUMNS}
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         missing = [c for c in COLUMNS if c not in model_input.columns]

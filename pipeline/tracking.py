@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import time
-import warnings
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
 from pipeline.urls import masked
 
 __all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported", "resolve_tracking_uri"]

@@ -6,8 +6,9 @@ import sys
 import time
 
 import optuna
-from pipeline.urls import masked
 from optuna.trial import TrialState
+
+from pipeline.urls import masked
 
 __all__ = ["Progress", "print_summary", "start_line"]
 
