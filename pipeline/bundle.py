@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.model import MatrixFactorization, RawIdScorer
 from pipeline.tracking import TrackingError, configure_mlflow, reported, resolve_tracking_uri
 
 __all__ = ["ModelBundle", "load_bundle", "save_model"]
@@ -29,17 +30,19 @@ SERVING = Path(__file__).with_name("serving.py")
 SEEN, ITEMS, VOCABULARY = "seen.parquet", "items.json", "vocabulary.json"
 
 
-def save_model(path: Path, scorer: torch.nn.Module, *, user_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame,
-               titles: dict, dataset: str, metadata: dict) -> None:
-    """Write the model folder at `path`. scorer: a RawIdScorer over int64 ids (for string ids, over
-    their positions 0..n-1 in `user_ids` / `item_ids`, which are then written as the vocabulary).
-    seen: columns user_id, item_id (raw ids)."""
+def save_model(path: Path, model: MatrixFactorization, *, user_ids: np.ndarray, item_ids: np.ndarray,
+               seen: pd.DataFrame, titles: dict, dataset: str, metadata: dict) -> None:
+    """Write the model folder at `path`. user_ids / item_ids: the raw ids of the model's rows
+    (`Split.user_ids`); integer ids are the scorer's own, string ids map to their positions
+    through the vocabulary. seen: columns user_id, item_id (raw ids)."""
     import mlflow
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
     integer = np.issubdtype(user_ids.dtype, np.integer) and np.issubdtype(item_ids.dtype, np.integer)
+    rows = lambda ids: torch.from_numpy(ids if integer else np.arange(len(ids)))  # noqa: E731
+    scorer = RawIdScorer(model.cpu().eval(), rows(user_ids), rows(item_ids)).eval()
     example = seen[["user_id", "item_id"]].head(8).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

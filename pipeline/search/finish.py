@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, evaluate
-from pipeline.model import RawIdScorer
 from pipeline.split import Split
 from pipeline.tracking import Tracker
 from pipeline.trainer import TrainConfig, refit
@@ -98,12 +97,9 @@ def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict
 def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict):
     """Log the model (the raw-id scorer and its files, see bundle.py) and register it, once per
     `key` (study, best trial) however often a finish is retried: (model uri, version, alias)."""
-    integer = np.issubdtype(data.user_ids.dtype, np.integer) and np.issubdtype(data.item_ids.dtype, np.integer)
-    rows = lambda ids: torch.from_numpy(ids if integer else np.arange(len(ids)))  # noqa: E731 - strings: positions
-    scorer = RawIdScorer(model.cpu().eval(), rows(data.user_ids), rows(data.item_ids)).eval()
     seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(Path(tmp) / "model", scorer, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen,
+        save_model(Path(tmp) / "model", model, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen,
                    titles=data.ratings.item_titles, dataset=data.ratings.name,
                    metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name})
         uri = tracker.log_model(Path(tmp) / "model", key)
