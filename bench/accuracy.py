@@ -65,7 +65,7 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
         out = {"seed": seed, "rows": rows, **{k: reuse[k] for k in ("surprise_search_seconds", "surprise_best_params")}}
         return _with_search(out, seed, run_search)
     from surprise import SVD
-    from surprise.model_selection import RandomizedSearchCV
+    from surprise.model_selection import KFold, RandomizedSearchCV
 
     dataset, testset = surprise_rows(data)
     trainset = dataset.build_full_trainset()
@@ -74,7 +74,8 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
     search = RandomizedSearchCV(SVD, {
         "n_factors": stats.randint(10, 200), "n_epochs": stats.randint(10, 60),
         "lr_all": stats.loguniform(1e-3, 3e-2), "reg_all": stats.loguniform(1e-2, 2e-1),
-        "init_std_dev": stats.loguniform(1e-2, 2e-1)}, n_iter=n_iter, measures=["rmse"], cv=3, refit=True,
+        "init_std_dev": stats.loguniform(1e-2, 2e-1), "random_state": [seed]}, n_iter=n_iter, measures=["rmse"],
+        cv=KFold(3, random_state=seed), refit=True,  # seeded folds and starting weights: reproducible
         random_state=seed, n_jobs=1)
     search.fit(dataset)
     tuned_seconds = time.perf_counter() - start
