@@ -50,10 +50,11 @@ class MatrixFactorization(nn.Module):
         self.restore_constants()
 
     @torch.no_grad()
-    def restore_constants(self) -> None:
-        """Put back the constant 1 columns (an optimizer step or weight decay moves them)."""
-        self.users[:, self.factors + 1] = 1.0
-        self.items[:, self.factors] = 1.0
+    def restore_constants(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> None:
+        """Put back the constant 1 columns (an optimizer step or weight decay moves them), in the
+        model's tables or in tables of the same layout (`users`, `items`)."""
+        (self.users if users is None else users)[:, self.factors + 1] = 1.0
+        (self.items if items is None else items)[:, self.factors] = 1.0
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users, items: int64 (N,) table rows -> unclamped scores float32 (N,)."""

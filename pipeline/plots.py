@@ -84,10 +84,14 @@ def _searched(trials: list) -> list[str]:
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def _axis(values: list) -> tuple[list[float], list[str], bool]:
     """Values placed on [0, 1]: numbers (log-spaced when they span > 20x and are positive) or
     categories (evenly, in sorted order). Returns (positions, tick labels low..high, log)."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if _numeric(values):
         low, high = min(values), max(values)
         log = low > 0 and high / low > 20
         f = (lambda v: math.log(v)) if log else (lambda v: v)
@@ -139,7 +143,7 @@ def _slices(trials: list, keys: list[str]) -> plt.Figure:
     for ax, key in zip(axes.flat, keys):
         xs = [t.user_attrs["config"].get(key) for t in trials]
         positions, labels, log = _axis(xs)
-        numeric = len(labels) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+        numeric = _numeric(xs)
         scatter = ax.scatter(xs if numeric else positions, values, c=[t.number for t in trials], cmap="viridis", s=14)
         if numeric and log:
             ax.set_xscale("log")

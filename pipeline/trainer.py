@@ -264,8 +264,7 @@ class _Implicit:
 
     def refresh(self) -> None:
         """Constant columns back in place, then the scored tables from the learned ones."""
-        P, Q = self.own
-        P[:, self.model.factors + 1], Q[:, self.model.factors] = 1.0, 1.0
+        self.model.restore_constants(*self.own)
         tables = [self.model.users, self.model.items]
         for table, own in zip(tables, self.own):
             table.copy_(own)
