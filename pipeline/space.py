@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
+import torch
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
@@ -26,7 +27,8 @@ from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
 from pipeline.trainer import TrainConfig
 
-__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "load_space", "space_corners", "space_file", "suggest"]
+__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "default_space", "default_stack", "load_space", "space_corners",
+           "space_file", "suggest"]
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
@@ -167,6 +169,9 @@ class SearchSpace(_Strict):
     reference: bool = True
     """Enqueue the d2l tutorial's configuration as trial 0 (and refit it for the summary). Its 20
     epochs can dominate a short study of a large dataset: turn it off there."""
+    stack: int | None = Field(None, ge=1)
+    """Trials trained together where their configs can share a stack (pipeline.stack); None: by
+    device (`default_stack`). How trials run, not what is searched: not part of the digest."""
     name: str = "custom"
     """The file's stem: part of the default study name."""
 
@@ -193,7 +198,7 @@ class SearchSpace(_Strict):
 
     def digest(self) -> str:
         """sha256 of the space's content (not its file name): a study is tied to one digest."""
-        blob = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, default=str)
+        blob = json.dumps(self.model_dump(exclude={"name", "stack"}), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -212,6 +217,18 @@ class SearchSpace(_Strict):
         cls = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
                "none": optuna.pruners.NopPruner}[self.pruner.type]
         return cls(**self.pruner.options)
+
+
+def default_space(device: torch.device) -> str:
+    """The default search space's name: mf, or mf-cuda on a GPU (no batch-1 SGD arms there: a
+    step is a dozen kernel launches whatever its size)."""
+    return "mf-cuda" if device.type == "cuda" else "mf"
+
+
+def default_stack(device: torch.device) -> int:
+    """Trials per stack when neither the command nor the space says: 8 on cuda; 1 (off) on a CPU,
+    where one trial at a time through the compiled loop is faster (bench/stack.py)."""
+    return 8 if device.type == "cuda" else 1
 
 
 def space_file(path: str | Path) -> Path:

@@ -195,6 +195,14 @@ def fit(
                       generator=generator)
         _run_epochs(config, len(train), valid, callback, result, chain.step, chain.score, chain)
         return result
+    if device.type == "cuda" and config.optimizer == "sparse_sgd" and config.implicit == "none":
+        from pipeline.stack import fit_stack  # a stack of one: its epoch is a CUDA graph, no launch overhead
+
+        (outcome,) = fit_stack(train, [config], [seed], n_users=n_users, n_items=n_items, rating_scale=rating_scale,
+                               valid=valid, device=device, callbacks=[callback])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
     model = MatrixFactorization(n_users, n_items, config.factors,
                                 train.ratings.double().mean().item(), rating_scale).to(device)
     model.reset_parameters(torch.Generator().manual_seed(seed), config.init_std)
@@ -219,7 +227,7 @@ def _train(model, train, valid, config, generator, callback, result, compiled) -
     def score() -> float:
         return math.sqrt(squared_error_sum(model, valid)[0].item() / len(valid)) if valid else math.nan
 
-    _run_epochs(config, len(train), valid, callback, result, step, score, _BestEpoch(model))
+    _run_epochs(config, len(train), valid, callback, result, step, score, BestEpoch(model))
     model.users.grad = model.items.grad = None
 
 
@@ -275,37 +283,52 @@ class _Implicit:
 
 def _run_epochs(config, rows, valid, callback, result, step, score, best) -> None:
     """The epoch loop of every family. step(epoch) -> train MSE of one epoch (or Gibbs sweep);
-    rows: training rows per epoch; score() -> valid RMSE (NaN without valid data); best: update(epoch, rmse) -> epochs since the
-    best, restore(result) fills the best epoch and model. Stops when the callback says so or after
-    `patience` epochs without a better valid RMSE; raises TrainingDiverged on a non-finite loss."""
+    rows: training rows per epoch; score() -> valid RMSE (NaN without valid data); best: see
+    `BestEpoch`. Ends as `end_epoch` says, then restores the best epoch."""
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_mse = step(epoch)
         result.train_seconds += time.perf_counter() - start
-        if not math.isfinite(train_mse):
-            raise TrainingDiverged(epoch, train_mse)
-        valid_rmse = score()
-        result.history.append((epoch, train_mse, valid_rmse))
-        since_best = best.update(epoch, valid_rmse)
-        stop = bool(callback(epoch, train_mse, valid_rmse)) if callback is not None else False
-        if stop or (valid is not None and config.patience is not None and since_best >= config.patience):
-            result.stopped_early = epoch < config.epochs
+        if end_epoch(config, epoch, train_mse, score(), valid is not None, callback, result, best):
             break
+    close_fit(result, best, rows)
+
+
+def end_epoch(config, epoch: int, train_mse: float, valid_rmse: float, has_valid: bool,
+              callback: EpochCallback | None, result: FitResult, best) -> bool:
+    """Record one epoch of one model; True when its training ends here: the last epoch, the
+    callback says stop, or `patience` epochs without a better valid RMSE. Raises TrainingDiverged
+    on a non-finite loss (and whatever the callback raises, e.g. optuna.TrialPruned)."""
+    if not math.isfinite(train_mse):
+        raise TrainingDiverged(epoch, train_mse)
+    result.history.append((epoch, train_mse, valid_rmse))
+    since_best = best.update(epoch, valid_rmse)
+    stop = bool(callback(epoch, train_mse, valid_rmse)) if callback is not None else False
+    if stop or (has_valid and config.patience is not None and since_best >= config.patience):
+        result.stopped_early = epoch < config.epochs
+        return True
+    return epoch >= config.epochs
+
+
+def close_fit(result: FitResult, best, rows: int) -> None:
+    """The best epoch restored into result.model and the throughput (rows: training rows per epoch)."""
     best.restore(result)
     result.examples_per_second = rows * len(result.history) / result.train_seconds if result.train_seconds else 0.0
 
 
-class _BestEpoch:
-    """Early stopping's memory: the best valid RMSE so far and a copy of its tables."""
+class BestEpoch:
+    """Early stopping's memory: the best valid RMSE so far and a copy of the model's tables
+    (read from `tables()`, default the model's own: a stacked fit reads its slice of the stack)."""
 
-    def __init__(self, model: MatrixFactorization) -> None:
+    def __init__(self, model: MatrixFactorization, tables: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.model, self.rmse, self.epoch, self.state, self.since = model, math.inf, 0, None, 0
+        self.tables = tables or (lambda: (model.users, model.items))
 
     def update(self, epoch: int, valid_rmse: float) -> int:
         """Record the epoch; returns how many epochs have passed without a better valid RMSE."""
         if valid_rmse < self.rmse:  # False for NaN: without valid data nothing is "best"
             self.rmse, self.epoch, self.since = valid_rmse, epoch, 0
-            self.state = (self.model.users.detach().clone(), self.model.items.detach().clone())
+            self.state = tuple(t.detach().clone() for t in self.tables())
         else:
             self.since += 1
         return self.since

@@ -50,7 +50,7 @@ def _main(argv: list[str] | None) -> int:
     status, code = "FAILED", 1
     try:
         if created:
-            log_study_inputs(session.tracker, options.space_path, session.space, session.data, session.cap.n,
+            log_study_inputs(session.tracker, session.space_path, session.space, session.data, session.cap.n,
                              session.shared.name)
         retry_dead_trials(session.shared)
         close_orphan_runs(session.study, session.tracker)

@@ -15,9 +15,9 @@ from pipeline.search.study import Cap, this_process
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
-from pipeline.trainer import TrainConfig, TrainingDiverged, fit
+from pipeline.trainer import FitResult, TrainConfig, TrainingDiverged, fit
 
-__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "trial_seed"]
+__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "reporter", "trial_seed", "tracked"]
 
 
 class OverCap(RuntimeError):
@@ -122,23 +122,31 @@ class Objective:
         return suggest(trial, self.space)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", this_process())  # a rerun on this machine can tell it died
         with tracked(trial, self.tracker, self.study_name) as life:
-            if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
-                raise OverCap("over the study's cap: another worker took the last slot")
-            config = self.config(trial)
-            trial.set_user_attr("config", config.to_dict())
-            run = life.start(config)
+            config, run = self.begin(trial, life)
             result = fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number),
-                         device=self.device, callback=_reporter(trial, run), **self.dims)
-            trial.set_user_attr("best_epoch", result.best_epoch)
-            run.log(best_valid_rmse=result.best_valid_rmse, best_epoch=result.best_epoch,
-                    epochs_run=len(result.history), train_seconds=result.train_seconds,
-                    examples_per_second=result.examples_per_second)
+                         device=self.device, callback=reporter(trial, run), **self.dims)
+            return self.record(trial, run, result)
+
+    def begin(self, trial: optuna.Trial, life: _TrialLifecycle) -> tuple[TrainConfig, TrialRun | _NoRun]:
+        """Claim the trial for this process, check the cap, draw its config, start its run."""
+        trial.set_user_attr("worker", this_process())  # a rerun on this machine can tell it died
+        if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
+            raise OverCap("over the study's cap: another worker took the last slot")
+        config = self.config(trial)
+        trial.set_user_attr("config", config.to_dict())
+        return config, life.start(config)
+
+    def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
+        """Log a trained trial's outcome; returns its objective value, the best valid RMSE."""
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        run.log(best_valid_rmse=result.best_valid_rmse, best_epoch=result.best_epoch,
+                epochs_run=len(result.history), train_seconds=result.train_seconds,
+                examples_per_second=result.examples_per_second)
         return result.best_valid_rmse
 
 
-def _reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
+def reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
     """The epoch callback: log the curve, report to Optuna, prune (a pruned trial's run still gets
     its best valid RMSE so far, so it sorts among the others in `mlflow ui`)."""
     best = (math.inf, 0)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline import ingest
-from pipeline.space import SEARCH_SPACES, space_file
 
 __all__ = ["DEFAULT_STORAGE", "SearchError", "SearchOptions", "parser"]
 
@@ -23,7 +21,8 @@ class SearchError(RuntimeError):
 class SearchOptions:
     """What one `python -m pipeline.search` command asked for (see `parser` for each flag)."""
 
-    config: str = str(SEARCH_SPACES / "mf.yaml")
+    config: str | None = None
+    """The search space; None: `default_space(device)`."""
     dataset: str | None = None
     n_trials: int | None = None
     timeout: float | None = None
@@ -35,6 +34,8 @@ class SearchOptions:
     device: str | None = None
     seed: int = 0
     workers: int = 1
+    stack: int | None = None
+    """Trials trained together (pipeline.stack); None: the space's `stack`, else by device."""
     quiet: bool = False
     rating_scale: tuple[float, float] | None = None
     columns: dict[str, str] | None = None
@@ -49,23 +50,21 @@ class SearchOptions:
             raise SearchError(f"--timeout {self.timeout:g}: expected > 0 seconds (leave it out for no limit)")
         if self.workers < 1:
             raise SearchError(f"--workers {self.workers}: expected >= 1")
+        if self.stack is not None and self.stack < 1:
+            raise SearchError(f"--stack {self.stack}: expected >= 1 (1: train every trial alone)")
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> SearchOptions:
         """Parse a command line (argparse exits 2 on a malformed flag); raises SearchError on a bad value."""
         return cls(**vars(parser().parse_args(argv)))
 
-    @property
-    def space_path(self) -> Path:
-        return space_file(self.config)
-
 
 def parser() -> argparse.ArgumentParser:
     d = SearchOptions()
     p = argparse.ArgumentParser(prog="python -m pipeline.search",
                                 description="An Optuna study of MF models, tracked in MLflow, the best registered.")
-    p.add_argument("--config", default=d.config,
-                   help="search-space YAML, or the name of one in search_spaces/ (default: mf)")
+    p.add_argument("--config", help="search-space YAML, or the name of one in search_spaces/ "
+                                    "(default: mf, or mf-cuda on a GPU)")
     p.add_argument("--dataset", help="override the space's dataset (MovieLens name, synthetic, or a file)")
     p.add_argument("--n-trials", type=int, help="study-wide cap on finished trials (default: the space's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -78,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--seed", type=int, default=d.seed, help="sampler and training seed")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes on this machine, sharing the study")
+    p.add_argument("--stack", type=int, help="trials trained together where their configs allow "
+                                             "(default: the space's, else 8 on cuda and 1 on a CPU)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     ingest.add_source_flags(p)
     return p

@@ -16,7 +16,7 @@ from pipeline.ratings import Ratings
 from pipeline.search.objective import Objective
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
-from pipeline.space import SearchSpace, load_space, space_corners
+from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
 from pipeline.tracking import Tracker, resolve_tracking_uri
 
@@ -35,10 +35,16 @@ class Session:
     tracker: Tracker
     device: torch.device
     cap: Cap
+    space_path: Path
 
     @property
     def study(self) -> optuna.Study:
         return self.shared.study
+
+    @property
+    def stack(self) -> int:
+        """Trials asked together and trained in stacks where they can be (1: one at a time)."""
+        return self.options.stack or self.space.stack or default_stack(self.device)
 
     def objective(self) -> Objective:
         """The trial function, with this process's copy of train and valid on the device."""
@@ -63,11 +69,12 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     """Check everything that can be checked before touching MLflow or the study, in that order,
     so that a bad flag, file or server leaves no trace anywhere. `tracker_wait`: seconds to wait
     for a tracking server that does not answer (a worker joining a study under way)."""
-    space = load_space(options.config)
     try:
         device = resolve_device(options.device)
     except ValueError as exc:
         raise SearchError(f"--{exc}") from None
+    space_path = space_file(options.config or default_space(device))
+    space = load_space(space_path)
     database = check_storage(options.storage)
     # --dataset replaces the space's dataset, its options with it; the source flags apply to either.
     declared = {} if options.dataset else space.dataset.options()
@@ -80,7 +87,8 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
     shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed)
-    return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials))
+    return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials),
+                   space_path)
 
 
 def _check_memory(space: SearchSpace, data: Split, device: torch.device) -> None:

@@ -12,6 +12,7 @@ import warnings
 
 import optuna
 
+from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted, received
 from pipeline.search.objective import EXPECTED_FAILURES
 from pipeline.search.options import SearchOptions
@@ -29,9 +30,10 @@ def quiet_libraries() -> None:
 
 def run_trials(session: Session, *, quiet: bool) -> int:
     """Run trials until the study's cap says stop, counting every worker's; returns how many this
-    process ran. One trial per `optimize` call, so the cap is checked before each trial, and a
-    worker that finds the others' running trials fill the cap waits for them where a heartbeat
-    can still fail them (a dead worker's trial is then retried)."""
+    process ran. One trial per `optimize` call (or one batch of `session.stack` trials, asked
+    together), so the cap is checked before each, and a worker that finds the others' running
+    trials fill the cap waits for them where a heartbeat can still fail them (a dead worker's
+    trial is then retried)."""
     study, cap, shared = session.study, session.cap, session.shared
     objective = session.objective()
     progress = Progress(cap.n, cap.finished(study.get_trials(deepcopy=False)), quiet)
@@ -50,8 +52,13 @@ def run_trials(session: Session, *, quiet: bool) -> int:
                 if step == "wait":
                     time.sleep(1.0)
                     continue
-                study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
-                ran += 1
+                if session.stack > 1:  # trials asked together, trained in stacks where they can be
+                    batch = ask_batch(shared, cap, session.stack)
+                    run_batch(shared, objective, batch, [progress])
+                    ran += len(batch)
+                else:
+                    study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
+                    ran += 1
     finally:
         progress.close()
     return ran

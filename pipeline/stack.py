@@ -1,0 +1,235 @@
+"""fit_stack(): K sparse_sgd models trained together as one set of stacked tables.
+
+One ml-100k model is far too small to occupy a GPU: an epoch at batch 64 is 1,250 steps of a
+dozen kernels, each on 64 rows, so the launches cost more than the arithmetic. Stacked, every
+kernel works on K models' rows for the same launches; on cuda the epoch is also captured once as
+a CUDA graph and replayed, so a launch costs the GPU's microsecond instead of a Python round trip.
+
+Each model keeps everything that makes it itself: its factors (padded with zero columns up to
+the stack's widest; they stay zero, since their gradients are products with zeros), lr,
+lr_decay, l2, l2_bias, init_std, epochs and patience, its initial tables and its own permutation
+of the rows every epoch, drawn from generators seeded as `fit` seeds them. So model k of a stack
+is `fit(train, configs[k], seed=seeds[k])` up to float summation order, stops on its own
+(callback, patience, divergence, last epoch) and leaves the stack, which shrinks. What must
+match across a stack is `stack_key`: family mf, sparse_sgd, no implicit blocks, one batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+
+from pipeline.device import resolve_device
+from pipeline.evaluate import _CHUNK
+from pipeline.model import MatrixFactorization
+from pipeline.split import Interactions
+from pipeline.trainer import BestEpoch, EpochCallback, FitResult, TrainConfig, close_fit, end_epoch
+
+__all__ = ["fit_stack", "stack_key"]
+
+
+def stack_key(config: TrainConfig) -> int | None:
+    """The batch size, for configs that can share a stack (only configs with the same key can);
+    None for those trained alone."""
+    stackable = config.family == "mf" and config.optimizer == "sparse_sgd" and config.implicit == "none"
+    return config.batch_size if stackable else None
+
+
+def fit_stack(
+    train: Interactions,
+    configs: Sequence[TrainConfig],
+    seeds: Sequence[int],
+    *,
+    n_users: int,
+    n_items: int,
+    rating_scale: tuple[float, float],
+    valid: Interactions | None = None,
+    device: torch.device | str | None = None,
+    callbacks: Sequence[EpochCallback | None] | None = None,
+) -> list[FitResult | Exception]:
+    """Train configs[k] with seeds[k] for every k, together; returns, in order, each model's
+    FitResult (best epoch restored, as `fit`'s) or the exception that ended it (TrainingDiverged,
+    or what its callback raised, e.g. optuna.TrialPruned): one model's end never stops the others.
+    A BaseException that is not an Exception (Ctrl-C) stops the whole stack and propagates.
+    train_seconds: the wall time of the stacked epochs the model was part of."""
+    keys = {stack_key(c) for c in configs}
+    if None in keys or len(keys) != 1:
+        raise ValueError(f"fit_stack: configs must share one stack_key (mf, sparse_sgd, no implicit blocks, "
+                         f"one batch size); got keys {sorted(keys, key=str)}")
+    device = resolve_device(device)
+    train = train.to(device)
+    valid = valid.to(device) if valid is not None and len(valid) else None
+    callbacks = list(callbacks) if callbacks is not None else [None] * len(configs)
+    stack = _Stack(train, configs, seeds, n_users, n_items, rating_scale, device)
+    outcomes: list[FitResult | Exception | None] = [None] * len(configs)
+    results = [FitResult(model=m) for m in stack.models]
+    bests = [BestEpoch(m, lambda k=k: stack.tables(k)) for k, m in enumerate(stack.models)]
+    epoch = 0
+    while stack.live:
+        epoch += 1
+        start = time.perf_counter()
+        losses = stack.epoch(epoch).tolist()  # one sync per epoch, as in `fit`
+        seconds = time.perf_counter() - start
+        rmses = stack.valid_rmse(valid).tolist() if valid is not None else [math.nan] * len(stack.live)
+        leaving = []
+        for k, loss, rmse in zip(stack.live, losses, rmses):
+            results[k].train_seconds += seconds
+            try:
+                done = end_epoch(configs[k], epoch, loss / len(train), rmse, valid is not None, callbacks[k],
+                                 results[k], bests[k])
+            except Exception as exc:  # noqa: BLE001 - this model's end (pruned, diverged), not the stack's
+                outcomes[k], done = exc, True
+            if done:
+                leaving.append(k)
+        for k in leaving:
+            stack.collect(k)
+            if outcomes[k] is None:
+                close_fit(results[k], bests[k], len(train))
+                outcomes[k] = results[k]
+        stack.drop(leaving)
+    return outcomes
+
+
+class _Stack:
+    """The live models' tables, stacked: users (K, n_users + 1, F + 2), items (K, n_items + 1,
+    F + 2), F the widest model's factors. Model k's row layout is its own with zero columns
+    inserted before the constant ones: [p_u, 0…, b_u, 1] and [q_i, 0…, 1, b_i]."""
+
+    def __init__(self, train, configs, seeds, n_users, n_items, rating_scale, device) -> None:
+        self.train, self.configs, self.device = train, list(configs), device
+        self.width = max(c.factors for c in configs) + 2
+        self.offset = self.global_mean = None
+        self.models, users, items = [], [], []
+        for config, seed in zip(configs, seeds):  # fit's initialization, model by model
+            model = MatrixFactorization(n_users, n_items, config.factors, train.ratings.double().mean().item(),
+                                        rating_scale).to(device)
+            model.reset_parameters(torch.Generator().manual_seed(seed), config.init_std)
+            self.models.append(model)
+            users.append(self._widen(model.users.detach(), config.factors))
+            items.append(self._widen(model.items.detach(), config.factors))
+        self.users, self.items = torch.stack(users), torch.stack(items)
+        self.offset = self.models[0].global_mean - train.ratings  # μ − r, as fit's
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.live = list(range(len(configs)))  # model numbers, in stack order
+        self._rules()
+        self.graph = _EpochGraph(self) if device.type == "cuda" else None
+
+    def _widen(self, table: torch.Tensor, factors: int) -> torch.Tensor:
+        wide = torch.zeros(table.shape[0], self.width, device=table.device)
+        wide[:, :factors], wide[:, -2:] = table[:, :factors], table[:, factors:]
+        return wide
+
+    def tables(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model k's current tables in its own layout (new tensors)."""
+        f, at = self.configs[k].factors, self.live.index(k)
+        return tuple(torch.cat([t[at, :, :f], t[at, :, -2:]], 1) for t in (self.users, self.items))
+
+    def collect(self, k: int) -> None:
+        """Copy model k's current tables into its MatrixFactorization (before it leaves)."""
+        users, items = self.tables(k)
+        with torch.no_grad():
+            self.models[k].users.copy_(users)
+            self.models[k].items.copy_(items)
+
+    def drop(self, leaving: list[int]) -> None:
+        if not leaving:
+            return
+        keep = [at for at, k in enumerate(self.live) if k not in leaving]
+        self.live = [self.live[at] for at in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.users, self.items = self.users[index], self.items[index]
+        self._rules()
+        if self.graph is not None:
+            self.graph = _EpochGraph(self)  # new shapes: capture again
+
+    def _rules(self) -> None:
+        """Per-model constants of the update: l2 per column (K, W) (0 on the constant columns),
+        and which columns learn (1) or stay constant (0)."""
+        F, K = self.width - 2, len(self.live)
+        self.l2_users = torch.zeros(K, self.width, device=self.device)
+        self.learn_users, self.learn_items = torch.ones(self.width, device=self.device), torch.ones(self.width, device=self.device)
+        self.learn_users[F + 1] = self.learn_items[F] = 0.0
+        for at, k in enumerate(self.live):
+            c = self.configs[k]
+            self.l2_users[at, :F] = c.l2
+            self.l2_users[at, F] = c.l2 if c.l2_bias is None else c.l2_bias
+        self.l2_items = self.l2_users[:, [*range(F), F + 1, F]]
+
+    def epoch(self, epoch: int) -> torch.Tensor:
+        """One epoch of every live model, in place; returns each one's Σ err² (K,) on the device."""
+        n, K = len(self.train), len(self.live)
+        perms = torch.stack([torch.randperm(n, device=self.device, generator=self.generators[k]) for k in self.live])
+        # Rows of the flattened tables, example-major (N, K): a batch is a contiguous slice.
+        users = (self.train.users[perms] + self._bases(self.users)).T.contiguous()
+        items = (self.train.items[perms] + self._bases(self.items)).T.contiguous()
+        lr = torch.tensor([self.configs[k].lr * self.configs[k].lr_decay ** (epoch - 1) for k in self.live],
+                          device=self.device)[:, None]
+        inputs = (users, items, self.offset[perms].T.contiguous(), -lr * self.learn_users, -lr * self.learn_items)
+        if self.graph is not None:
+            return self.graph(*inputs)
+        return self._run(*inputs, torch.zeros(K, device=self.device))
+
+    def _bases(self, tables: torch.Tensor) -> torch.Tensor:
+        """(K, 1): where each model's rows start in the flattened (K · rows, W) table."""
+        return (torch.arange(len(self.live), device=self.device) * tables.shape[1])[:, None]
+
+    def _run(self, users, items, offset, step_users, step_items, loss) -> torch.Tensor:
+        """The batch loop over (N, K) inputs; step_*: −lr per model and column (K, W). Within a
+        batch every gradient is taken at the batch's starting rows and the updates are summed,
+        as in fit's sparse_sgd."""
+        U, V = self.users.view(-1, self.width), self.items.view(-1, self.width)
+        K, batch = users.shape[1], self.configs[self.live[0]].batch_size
+        for lo in range(0, users.shape[0], batch):
+            u, i = users[lo : lo + batch].view(-1), items[lo : lo + batch].view(-1)
+            pu, qi = U[u].view(-1, K, self.width), V[i].view(-1, K, self.width)  # (B, K, W)
+            err = (pu * qi).sum(2) + offset[lo : lo + batch]  # (B, K)
+            loss += err.square().sum(0)
+            e = err.unsqueeze(2)
+            # d/dp_u of (err² + λ|p_u|²)/2 is err·q_i + λ·p_u; likewise for q_i.
+            U.index_add_(0, u, torch.addcmul(pu * self.l2_users, qi, e).mul_(step_users).view(-1, self.width))
+            V.index_add_(0, i, torch.addcmul(qi * self.l2_items, pu, e).mul_(step_items).view(-1, self.width))
+        return loss
+
+    @torch.no_grad()
+    def valid_rmse(self, valid: Interactions) -> torch.Tensor:
+        """Each live model's RMSE of clamped predictions on `valid` (K,), as `evaluate` scores one."""
+        U, V = self.users.view(-1, self.width), self.items.view(-1, self.width)
+        low, high = self.models[0].rating_scale
+        sse = torch.zeros(len(self.live), dtype=torch.float64, device=self.device)
+        chunk = max(_CHUNK // len(self.live), 1)
+        for lo in range(0, len(valid), chunk):
+            users = valid.users[lo : lo + chunk] + self._bases(self.users)  # (K, chunk)
+            items = valid.items[lo : lo + chunk] + self._bases(self.items)
+            scores = (U[users] * V[items]).sum(2) + self.models[0].global_mean
+            sse += (scores.clamp(low, high) - valid.ratings[lo : lo + chunk]).double().square().sum(1)
+        return (sse / len(valid)).sqrt()
+
+
+class _EpochGraph:
+    """cuda: the stack's epoch as a CUDA graph over static input buffers. The first epoch runs
+    eagerly on a side stream (CUDA's required warm-up, and a real epoch); the next one is
+    captured, then every epoch copies its inputs into the buffers and replays."""
+
+    def __init__(self, stack: _Stack) -> None:
+        self.stack, self.graph, self.buffers, self.loss = stack, None, None, None
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.buffers is None:  # warm-up: an ordinary epoch, on a side stream
+            side = torch.cuda.Stream(self.stack.device)
+            side.wait_stream(torch.cuda.current_stream(self.stack.device))
+            with torch.cuda.stream(side):
+                loss = self.stack._run(*inputs, torch.zeros(len(self.stack.live), device=self.stack.device))
+            torch.cuda.current_stream(self.stack.device).wait_stream(side)
+            self.buffers = [x.clone() for x in inputs]
+            return loss
+        for buffer, x in zip(self.buffers, inputs):
+            buffer.copy_(x)
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self.stack._run(*self.buffers, torch.zeros(len(self.stack.live), device=self.stack.device))
+        self.graph.replay()
+        return self.loss.clone()

@@ -1,0 +1,94 @@
+"""Stacked trials (pipeline.stack): K models trained together equal K single fits, each ending on
+its own; on cuda the graphed epoch equals the CPU's."""
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from pipeline.split import split
+from pipeline.stack import fit_stack, stack_key
+from pipeline.trainer import TrainConfig, TrainingDiverged, fit
+
+SGD = dict(optimizer="sparse_sgd", weight_decay=0.0, batch_size=64)
+# Different in everything a model may differ in within one stack.
+CONFIGS = [
+    TrainConfig(**SGD, factors=8, lr=0.01, l2=0.05, init_std=0.1, epochs=4),
+    TrainConfig(**SGD, factors=20, lr=0.02, l2=0.0, l2_bias=0.01, init_std=0.05, epochs=8, lr_decay=0.9, patience=1),
+    TrainConfig(**SGD, factors=3, lr=0.02, l2=0.0, l2_bias=0.0, init_std=0.2, epochs=5),
+]
+SEEDS = [3, 7, 11]
+
+
+@pytest.fixture(scope="module")
+def data(small_ratings):
+    return split(small_ratings, test=0.1, valid=0.1, seed=0)
+
+
+def _single(split, config, seed, **options):
+    return fit(split.part("train"), config, valid=split.part("valid"), seed=seed, **split.dims, **options)
+
+
+def _assert_same_fit(a, b, tol=1e-5):
+    assert [h[0] for h in a.history] == [h[0] for h in b.history]
+    for x, y in zip(a.history, b.history):
+        assert x[1:] == pytest.approx(y[1:], rel=tol, nan_ok=True)
+    assert (a.best_epoch, a.stopped_early) == (b.best_epoch, b.stopped_early)
+    assert a.best_valid_rmse == pytest.approx(b.best_valid_rmse, rel=tol, nan_ok=True)
+    assert a.model.factors == b.model.factors
+    torch.testing.assert_close(a.model.users, b.model.users, atol=tol, rtol=tol)
+    torch.testing.assert_close(a.model.items, b.model.items, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["tensor loop", "numba loop"])
+def test_a_stack_equals_its_models_trained_one_by_one(data, compiled):
+    stacked = fit_stack(data.part("train"), CONFIGS, SEEDS, valid=data.part("valid"), **data.dims)
+    for config, seed, result in zip(CONFIGS, SEEDS, stacked):
+        _assert_same_fit(result, _single(data, config, seed, compiled=compiled))
+    assert stacked[1].stopped_early  # patience 1 ended it at epoch 4 of 8: it left the stack alone
+
+
+def test_a_model_that_ends_leaves_the_others_as_they_were(data):
+    """One model pruned by its callback, one diverging: each ends with its exception, the others
+    train exactly as they would alone."""
+
+    def prune_at_2(epoch, train_mse, valid_rmse):
+        if epoch == 2:
+            raise optuna.TrialPruned("pruned at 2")
+
+    diverging = TrainConfig(**SGD, factors=8, lr=1e4, l2=0.05, epochs=4)
+    outcomes = fit_stack(data.part("train"), [*CONFIGS, diverging], [*SEEDS, 5],
+                         valid=data.part("valid"), callbacks=[None, prune_at_2, None, None], **data.dims)
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    assert isinstance(outcomes[3], TrainingDiverged) and outcomes[3].epoch == 1
+    for k in (0, 2):
+        _assert_same_fit(outcomes[k], _single(data, CONFIGS[k], SEEDS[k], compiled=False))
+
+
+def test_without_valid_data_every_epoch_runs_and_the_last_is_kept(data):
+    (result,) = fit_stack(data.part("train"), CONFIGS[:1], SEEDS[:1], **data.dims)
+    alone = fit(data.part("train"), CONFIGS[0], seed=SEEDS[0], compiled=False, **data.dims)
+    assert len(result.history) == 4 and math.isnan(result.best_valid_rmse)
+    _assert_same_fit(result, alone)
+
+
+def test_only_configs_with_one_stack_key_share_a_stack(data):
+    assert stack_key(CONFIGS[0]) == 64
+    assert stack_key(TrainConfig()) is None  # Adam: dense optimizer state, trained alone
+    assert stack_key(TrainConfig(**SGD, implicit="user")) is None
+    with pytest.raises(ValueError, match="one stack_key"):
+        fit_stack(data.part("train"), [CONFIGS[0], TrainConfig(**{**SGD, "batch_size": 128})], [0, 1],
+                  **data.dims)
+
+
+def test_on_cuda_the_graphed_epoch_equals_the_cpu(data, cuda):
+    on_cpu = fit_stack(data.part("train"), CONFIGS, SEEDS, valid=data.part("valid"), **data.dims)
+    on_gpu = fit_stack(data.part("train"), CONFIGS, SEEDS, valid=data.part("valid"), device=cuda,
+                       **data.dims)
+    for a, b in zip(on_cpu, on_gpu):  # GPU atomics sum in another order: float tolerance
+        assert [h[0] for h in a.history] == [h[0] for h in b.history]
+        assert b.best_valid_rmse == pytest.approx(a.best_valid_rmse, rel=1e-3)
+    single = fit(data.part("train"), CONFIGS[0], valid=data.part("valid"), seed=SEEDS[0], device=cuda,
+                 **data.dims)  # sparse_sgd alone on cuda: a stack of one
+    assert single.best_valid_rmse == pytest.approx(on_cpu[0].best_valid_rmse, rel=1e-3)
