@@ -156,6 +156,28 @@ def test_a_killed_worker_is_failed_retried_and_its_run_closed(tmp_path, pg_datab
         assert run.info.status == "FAILED" and "worker died" in run.data.tags["fail_reason"]
 
 
+def test_a_killed_worker_s_stack_is_failed_and_retried(tmp_path, pg_database):
+    """Trials asked together and trained as one stack beat while they run: killed, they go stale
+    together, and the next worker fails and retries them."""
+    s = Study(tmp_path, _optuna_url(pg_database), _sqlite(tmp_path), cap=6, epochs=300, batch=64,
+              optimizer="sparse_sgd")
+    victim = s.start("--stack", "4")  # asks trials 0-3: 0 (d2l, Adam) alone, then 1-3 as one stack (~12 s)
+    for line in victim.stderr:
+        if "trials |" in line:  # trial 0 is told: the stack is training
+            time.sleep(1.0)
+            victim.kill()
+            break
+    victim.wait(30)
+    survivor = s.run("--quiet")  # one trial at a time: the compiled loop
+    assert survivor.returncode == 0, survivor.stderr
+    s.check()
+    trials = s.optuna().trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [(t.number, t.user_attrs["stack_size"]) for t in failed] == [(1, 3), (2, 3), (3, 3)]
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    assert all(t.number in retried for t in failed)
+
+
 @pytest.mark.parametrize("storage", ["postgresql", "journal"])
 def test_ctrl_c_then_rerun_resumes_to_the_cap(tmp_path, pg_database, storage):
     url = _optuna_url(pg_database) if storage == "postgresql" else str(tmp_path / "optuna.journal")

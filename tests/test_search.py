@@ -406,3 +406,75 @@ def test_the_same_command_gives_the_same_study(tmp_path, monkeypatch):
         results.append([(t.params, t.state, t.value, t.intermediate_values) for t in study.trials]
                        + [ws.parents()[0].data.metrics["test_rmse"]])
     assert results[0] == results[1]
+
+
+# --- stacked trials (--stack) ---------------------------------------------------------------------
+
+
+def _stackable_space(folder: Path) -> Path:
+    """sparse_sgd at one batch size: every trial but the d2l one (Adam) can share a stack. Random
+    sampling and no pruner, so trials asked together get what trials asked one by one get."""
+    return _write_space(folder, "stackable", sampler={"type": "random"}, pruner={"type": "none"}, epochs=5, trials=5,
+                        params={"optimizer": {"type": "fixed", "value": "sparse_sgd"},
+                                "factors": {"type": "int", "low": 4, "high": 16},
+                                "lr": {"type": "float", "low": 0.005, "high": 0.03, "log": True},
+                                "weight_decay": {"type": "fixed", "value": 0.0},
+                                "l2": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
+                                "batch_size": {"type": "fixed", "value": 256},
+                                "init_std": {"type": "fixed", "value": 0.1}})
+
+
+def _trials(ws: Workspace) -> list:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(ws.root / "optuna.journal")))
+    return optuna.load_study(study_name=ws.parents()[0].data.tags["optuna.study_name"], storage=storage).trials
+
+
+def test_stacked_trials_are_the_trials_run_one_at_a_time(tmp_path, monkeypatch):
+    trials, workspaces = {}, {}
+    for stack in ("1", "4"):
+        folder = tmp_path / f"stack-{stack}"
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        ws = workspaces[stack] = Workspace(folder)
+        assert ws.search("--stack", stack, config=_stackable_space(folder)) == 0
+        trials[stack] = _trials(ws)
+    alone, stacked = trials["1"], trials["4"]
+    # one batch of 4 (trial 0 alone, trials 1-3 stacked), then the last trial alone
+    assert [t.user_attrs.get("stack_size") for t in stacked] == [1, 3, 3, 3, 1]
+    assert [t.params for t in stacked] == [t.params for t in alone]
+    assert [t.value for t in stacked] == pytest.approx([t.value for t in alone], rel=1e-5)
+    for a, s in zip(alone, stacked):
+        assert list(s.intermediate_values.values()) == pytest.approx(list(a.intermediate_values.values()), rel=1e-5)
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in workspaces["4"].runs()
+            if "optuna.trial_number" in r.data.tags}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert [runs[n].data.metrics["stack_size"] for n in range(5)] == [1, 3, 3, 3, 1]
+    assert len(workspaces["4"].client.get_metric_history(runs[2].info.run_id, "valid_rmse")) == 5  # its own curve
+
+
+def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_resumes(ws, monkeypatch):
+    from pipeline.search import batch
+
+    reporter = batch.reporter
+
+    def interrupting(trial, run):  # Ctrl-C at trial 2's second epoch, while trials 1-3 train as one stack
+        report = reporter(trial, run)
+
+        def on_epoch(epoch, train_mse, valid_rmse):
+            if trial.number == 2 and epoch == 2:
+                raise KeyboardInterrupt
+            return report(epoch, train_mse, valid_rmse)
+
+        return on_epoch
+
+    space = _stackable_space(ws.root)
+    monkeypatch.setattr(batch, "reporter", interrupting)
+    assert ws.search("--stack", "4", config=space) == 130
+    states = {t.number: t.state.name for t in _trials(ws)}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "FAIL"}
+    status = {int(r.data.tags["optuna.trial_number"]): r.info.status for r in ws.runs() if "optuna.trial_number" in r.data.tags}
+    assert status == {0: "FINISHED", 1: "KILLED", 2: "KILLED", 3: "KILLED"}
+    monkeypatch.setattr(batch, "reporter", reporter)
+    assert ws.search("--stack", "4", config=space) == 0
+    assert sum(t.state.name == "COMPLETE" for t in _trials(ws)) == 5
+    assert "RUNNING" not in {r.info.status for r in ws.runs()}
