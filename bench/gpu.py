@@ -5,7 +5,8 @@ the default study's wall time on the device against the same command on the proj
 
 Throughput: `fit`'s examples/s (batch loops only; one warm-up fit first) for mf with sparse_sgd
 and Adam at several batch sizes and for bayes (rank 32, both implicit blocks): DIR/gpu-throughput.json.
-Search: `python -m pipeline.search` with the default space on the device, wall seconds, against
+Search: `python -m pipeline.search`, the same command as on the CPU (its default space on the
+device: mf-cuda on a GPU, with stacked trials), wall seconds, against
 `wall_seconds` of bench/results/search_default-mf-split0.json (the same space and split on the
 project's 2-core CPU): DIR/gpu-search.json with device_name, cpu_seconds, cuda_seconds and
 search_speedup_vs_cpu. The throughput part needs torch, numpy and pandas only; the search needs
@@ -27,6 +28,7 @@ import torch
 
 from pipeline import ingest
 from pipeline.device import device_name, resolve_device
+from pipeline.space import default_space
 from pipeline.split import split
 from pipeline.trainer import TrainConfig, fit
 
@@ -82,7 +84,7 @@ def main() -> None:
         return
     cpu = json.loads((RESULTS / "search_default-mf-split0.json").read_text())["wall_seconds"]
     seconds = search_seconds(args.ratings, device)
-    record = {**common, "cpu_seconds": cpu, "cpu_source": "bench/results/search_default-mf-split0.json (2-core CPU)",
+    record = {**common, "space": default_space(device), "cpu_space": "mf", "cpu_seconds": cpu, "cpu_source": "bench/results/search_default-mf-split0.json (2-core CPU)",
               f"{device.type}_seconds": seconds, "search_speedup_vs_cpu": cpu / seconds}
     (out / "gpu-search.json").write_text(json.dumps(record, indent=2))
     print(f"default search: {seconds:.0f} s on {device_name(device)}, {cpu:.0f} s on the 2-core CPU "

@@ -80,6 +80,9 @@ def main() -> None:
         ("adam, 32 factors, batch 16384", TrainConfig(factors=32, lr=0.005, batch_size=16384, epochs=1)),
         ("sparse_sgd, 32 factors, batch 16384", TrainConfig(factors=32, optimizer="sparse_sgd", lr=0.005,
                                                             weight_decay=0.0, l2=0.05, batch_size=16384, epochs=1)),
+        # The memory-bound end on a GPU: few, wide steps (a throughput probe, not a tuned setting).
+        ("sparse_sgd, 32 factors, batch 262144", TrainConfig(factors=32, optimizer="sparse_sgd", lr=0.0005,
+                                                             weight_decay=0.0, l2=0.05, batch_size=262144, epochs=1)),
     ]:
         result = fit(train, config, device=args.device, **dims)
         row = {"config": name, "examples_per_second": result.examples_per_second, "epoch_seconds": result.train_seconds}

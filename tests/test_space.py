@@ -2,11 +2,12 @@ import math
 
 import optuna
 import pytest
+import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.space import SEARCH_SPACES, SpaceError, load_space, suggest
+from pipeline.space import SEARCH_SPACES, SpaceError, default_space, default_stack, load_space, suggest
 from pipeline.trainer import TrainConfig
 
 BASE = {"params": {"factors": {"type": "int", "low": 4, "high": 64}}}
@@ -18,7 +19,7 @@ def _write(tmp_path, content, name="space.yaml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["mf", "sgd", "quick", "scale", "wide"])
+@pytest.mark.parametrize("name", ["mf", "mf-cuda", "sgd", "quick", "scale", "wide"])
 def test_the_shipped_spaces_load(name):
     space = load_space(SEARCH_SPACES / f"{name}.yaml")
     assert space.name == name and space.trials >= 1
@@ -126,3 +127,21 @@ def test_fixed_trials_reproduce_their_parameters(tmp_path_factory, raw):
     config = suggest(optuna.trial.FixedTrial(params), space)
     assert (config.factors, config.optimizer, config.batch_size) == (params["factors"], optimizer, params["batch_size"])
     assert math.isclose(config.lr, lr)
+
+
+def test_the_gpu_default_is_the_cpu_space_without_batch_1_and_with_stacked_trials():
+    cpu, gpu = (load_space(default_space(torch.device(d))) for d in ("cpu", "cuda"))
+    assert (cpu.name, gpu.name) == ("mf", "mf-cuda")
+    assert 1 in cpu.params["batch_size"].cases["mf"].choices
+    assert min(gpu.params["batch_size"].cases["mf"].choices) >= 64
+    assert {k: v for k, v in gpu.params.items() if k != "batch_size"} == {k: v for k, v in cpu.params.items() if k != "batch_size"}
+    assert (cpu.stack, gpu.stack) == (None, 8) and default_stack(torch.device("cpu")) == 1
+    assert gpu.sampler.options["constant_liar"] is True
+
+
+def test_stack_is_how_trials_run_not_what_is_searched(tmp_path):
+    plain = load_space(_write(tmp_path, BASE, "a.yaml"))
+    stacked = load_space(_write(tmp_path, {**BASE, "stack": 4}, "b.yaml"))
+    assert stacked.stack == 4 and stacked.digest() == plain.digest()  # a study resumes with either
+    with pytest.raises(SpaceError, match="stack"):
+        load_space(_write(tmp_path, {**BASE, "stack": 0}, "c.yaml"))
