@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -225,11 +226,21 @@ class _EpochGraph:
             torch.cuda.current_stream(self.stack.device).wait_stream(side)
             self.buffers = [x.clone() for x in inputs]
             return loss
+        if self.graph is None:
+            self.graph = self._capture()
+        if not self.graph:  # capture refused (nothing ran): the eager epoch, same mathematics
+            return self.stack._run(*inputs, torch.zeros(len(self.stack.live), device=self.stack.device))
         for buffer, x in zip(self.buffers, inputs):
             buffer.copy_(x)
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss = self.stack._run(*self.buffers, torch.zeros(len(self.stack.live), device=self.stack.device))
         self.graph.replay()
         return self.loss.clone()
+
+    def _capture(self) -> torch.cuda.CUDAGraph | bool:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.loss = self.stack._run(*self.buffers, torch.zeros(len(self.stack.live), device=self.stack.device))
+        except RuntimeError as exc:  # an op this torch cannot capture: slower, still right
+            warnings.warn(f"CUDA graph capture of the stacked epoch failed ({exc}); running it eagerly", stacklevel=2)
+            return False
+        return graph

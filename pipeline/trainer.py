@@ -181,7 +181,8 @@ def fit(
     valid: scored after every epoch (clamped RMSE) for the callback and early stopping; without
     it every epoch runs (patience needs a valid RMSE to be patient about).
     device: see `resolve_device`. threads: CPU intra-op threads during an mf fit (bayes keeps torch's).
-    compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster).
+    compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster). On cuda,
+    sparse_sgd without implicit blocks is a stack of one (`pipeline.stack`: its epoch a CUDA graph).
     Raises TrainingDiverged at the first epoch whose train loss is not finite.
     """
     device = resolve_device(device)

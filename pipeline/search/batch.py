@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.search.objective import EXPECTED_FAILURES, Objective, _TrialLifecycle, reporter, trial_seed
-from pipeline.search.study import Cap, SharedStudy
+from pipeline.search.study import Cap, SharedStudy, this_process
 from pipeline.stack import fit_stack, stack_key
 from pipeline.tracking import TrackingError
 from pipeline.trainer import FitResult, fit
@@ -34,7 +34,10 @@ def ask_batch(shared: SharedStudy, cap: Cap, size: int) -> list[optuna.Trial]:
     trials = shared.study.get_trials(deepcopy=False)
     held = sum(t.state in Cap.HOLDERS for t in trials)
     waiting = sum(t.state == TrialState.WAITING for t in trials)  # held already, and asked first
-    return [shared.study.ask() for _ in range(max(1, min(size, cap.n - held + waiting)))]
+    asked = [shared.study.ask() for _ in range(max(1, min(size, cap.n - held + waiting)))]
+    for trial in asked:  # at once: a rerun on this machine can tell if this process died with them
+        trial.set_user_attr("worker", this_process())
+    return asked
 
 
 def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Trial], callbacks: list[Callback]) -> None:
@@ -51,7 +54,7 @@ def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Tri
                 value = objective.record(trial, run, outcome)
                 life.end(None)
             except TrackingError as exc:  # trained, but not recorded: a failure
-                outcome = exc
+                outcome, value = exc, None
         if isinstance(outcome, BaseException):
             life.end(outcome)
             if not isinstance(outcome, (optuna.TrialPruned, *EXPECTED_FAILURES)):
