@@ -124,3 +124,12 @@ def test_many_samples_reduce_exactly_to_the_smaller_side():
     direct = torch.stack([3.0 + (U[users] * V[items]).sum(1) for U, V in samples]).mean(0)
     with torch.no_grad():
         np.testing.assert_allclose(model(users, items), direct, atol=1e-4)
+
+
+def test_on_cuda_it_samples_as_well_as_on_the_cpu(small_split, cuda):
+    """Other random streams on the GPU, so not the same numbers: the same quality, and the export."""
+    config = _config(implicit="both", epochs=20, burn_in=5)
+    on_cpu = fit(small_split.part("train"), config, valid=small_split.part("test"), **small_split.dims)
+    on_gpu = fit(small_split.part("train"), config, valid=small_split.part("test"), device=cuda, **small_split.dims)
+    assert on_gpu.model.users.device.type == "cuda"
+    assert on_gpu.best_valid_rmse == pytest.approx(on_cpu.best_valid_rmse, abs=0.02)

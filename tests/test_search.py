@@ -358,6 +358,21 @@ def test_a_space_too_large_for_the_machine_exits_2_before_any_work(ws, capsys):
     assert not (ws.root / "mlflow.db").exists()
 
 
+def test_a_stack_too_large_for_the_device_exits_2_where_one_model_fits(ws, capsys, monkeypatch):
+    from pipeline.search import session
+
+    monkeypatch.setattr(session, "device_memory", lambda device: 2**30)  # a 1 GiB device
+    wide = _stackable_space(ws.root)  # sparse_sgd: stackable
+    raw = yaml.safe_load(wide.read_text())
+    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~0.5 GiB a model on this data
+    wide.write_text(yaml.safe_dump(raw))
+    assert ws.search("--stack", "4", config=wide) == 2
+    assert "a stack of 4 mf models with 40000 factors" in capsys.readouterr().err
+    assert not (ws.root / "mlflow.db").exists()
+    one = session.prepare(search.SearchOptions.parse(ws.argv("--stack", "1", config=wide)))  # one at a time fits
+    assert one.stack == 1
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_closes_everything_and_a_rerun_resumes(ws, signum):
     import signal

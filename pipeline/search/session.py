@@ -18,7 +18,9 @@ from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
 from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
+from pipeline.stack import stack_key
 from pipeline.tracking import Tracker, resolve_tracking_uri
+from pipeline.trainer import TrainConfig
 
 __all__ = ["Session", "prepare"]
 
@@ -44,7 +46,7 @@ class Session:
     @property
     def stack(self) -> int:
         """Trials asked together and trained in stacks where they can be (1: one at a time)."""
-        return self.options.stack or self.space.stack or default_stack(self.device)
+        return _stack(self.options, self.space, self.device)
 
     def objective(self) -> Objective:
         """The trial function, with this process's copy of train and valid on the device."""
@@ -81,7 +83,7 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     ratings = ingest.load(options.dataset or space.dataset.name, **{**declared, **ingest.source_options(options)})
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
-    _check_memory(space, data, device)
+    _check_memory(space, data, device, _stack(options, space, device))
     tracker = Tracker.connect(resolve_tracking_uri(options.tracking_uri), options.experiment, wait=tracker_wait)
     storage = database or open_storage(options.storage)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
@@ -91,15 +93,28 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
                    space_path)
 
 
-def _check_memory(space: SearchSpace, data: Split, device: torch.device) -> None:
-    """Refuse a space whose largest model cannot fit on the device, before any training."""
-    largest = max(space_corners(space), key=lambda c: c.memory_bytes(data.n_users, data.n_items))
-    need, have = largest.memory_bytes(data.n_users, data.n_items), device_memory(device)
-    if need > have:
+def _check_memory(space: SearchSpace, data: Split, device: torch.device, stack: int) -> None:
+    """Refuse a space whose largest model (or stack of `stack` models) cannot fit on the device,
+    before any training."""
+
+    def need(c: TrainConfig) -> int:
+        if stack_key(c) is None or stack == 1:
+            return c.memory_bytes(data.n_users, data.n_items)
+        # K models' tables, plus the epoch's (N, K) row indices, offsets and permutations
+        return stack * (c.memory_bytes(data.n_users, data.n_items) + 28 * len(data.train_rows))
+
+    largest = max(space_corners(space), key=need)
+    have = device_memory(device)
+    if need(largest) > have:
+        what = f"a stack of {stack} {largest.family} models" if stack_key(largest) and stack > 1 else f"a {largest.family} model"
         raise SearchError(
-            f"params.factors: a {largest.family} model with {largest.factors} factors on {data.n_users} users x "
-            f"{data.n_items} items needs ~{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of {device}; "
-            "lower the space's factors (or epochs, for bayes)")
+            f"params.factors: {what} with {largest.factors} factors on {data.n_users} users x {data.n_items} items "
+            f"needs ~{need(largest) / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of {device}; "
+            "lower the space's factors (or epochs, for bayes; or --stack)")
+
+
+def _stack(options: SearchOptions, space: SearchSpace, device: torch.device) -> int:
+    return options.stack or space.stack or default_stack(device)
 
 
 def _git_commit() -> str:
