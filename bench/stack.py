@@ -2,9 +2,10 @@
 
     python bench/stack.py [--device cpu|cuda] [--ratings PATH] [--epochs 10] [--out DIR]
 
-For each batch size and stack size K: K sparse_sgd models (64 factors, rates spread as a search
-would spread them) trained by one `fit_stack`, against the same K trained by `fit` one after the
-other (on a CPU: the compiled numba loop; on cuda: a stack of one, its epoch a CUDA graph). Both
+For each optimizer and batch size (sparse_sgd at 64, 256, 1024; Adam at 512, 4096) and stack size
+K: K models (64 factors, rates spread as a search would spread them) trained by one `fit_stack`,
+against the same K trained by `fit` one after the other (on a CPU: sparse_sgd's compiled numba
+loop, torch's fused Adam; on cuda: stacks of one, their epochs CUDA graphs). Both
 include everything a trial pays for training: the per-epoch permutations, the valid RMSE, the
 graph capture. Prints a table; writes DIR/stack-<device>.json (default DIR: bench/results).
 """
@@ -26,9 +27,13 @@ from pipeline.stack import fit_stack
 from pipeline.trainer import TrainConfig, fit
 
 
-def configs(k: int, batch: int, epochs: int) -> list[TrainConfig]:
-    return [TrainConfig(optimizer="sparse_sgd", weight_decay=0.0, factors=64, lr=0.005 * 1.2**j, l2=0.05,
-                        init_std=0.1, batch_size=batch, epochs=epochs) for j in range(k)]
+CASES = [("sparse_sgd", 64), ("sparse_sgd", 256), ("sparse_sgd", 1024), ("adam", 512), ("adam", 4096)]
+
+
+def configs(k: int, optimizer: str, batch: int, epochs: int) -> list[TrainConfig]:
+    rates = dict(lr=0.005, weight_decay=0.0, l2=0.05) if optimizer == "sparse_sgd" else dict(lr=0.002, weight_decay=1e-5)
+    return [TrainConfig(optimizer=optimizer, factors=64, init_std=0.1, batch_size=batch, epochs=epochs,
+                        **{**rates, "lr": rates["lr"] * 1.2**j}) for j in range(k)]
 
 
 def main() -> None:
@@ -43,13 +48,14 @@ def main() -> None:
     data = split(ratings, seed=0)
     train, valid = data.part("train").to(device), data.part("valid").to(device)
     sizes = (1, 4, 16, 64) if device.type == "cuda" else (1, 2, 4, 8)
-    fit_stack(train, configs(2, 256, 2), [0, 1], valid=valid, device=device, **data.dims)  # warm-up
-    fit(train, configs(1, 256, 2)[0], valid=valid, device=device, **data.dims)
+    for optimizer in ("sparse_sgd", "adam"):  # warm-up: numba's cache, kernels, the allocator
+        fit_stack(train, configs(2, optimizer, 256, 2), [0, 1], valid=valid, device=device, **data.dims)
+        fit(train, configs(1, optimizer, 256, 2)[0], valid=valid, device=device, **data.dims)
     rows = []
-    print(f"{'batch':>6}{'K':>5}{'stacked M ex/s':>16}{'one by one M ex/s':>19}{'speedup':>9}")
-    for batch in (64, 256, 1024):
+    print(f"{'optimizer':>11}{'batch':>6}{'K':>5}{'stacked M ex/s':>16}{'one by one M ex/s':>19}{'speedup':>9}")
+    for optimizer, batch in CASES:
         for k in sizes:
-            models = configs(k, batch, args.epochs)
+            models = configs(k, optimizer, batch, args.epochs)
             examples = k * len(train) * args.epochs
             start = time.perf_counter()
             fit_stack(train, models, list(range(k)), valid=valid, device=device, **data.dims)
@@ -58,10 +64,10 @@ def main() -> None:
             for seed, config in enumerate(models[: min(k, 4)]):  # one by one: the first 4, scaled
                 fit(train, config, valid=valid, seed=seed, device=device, **data.dims)
             alone = (time.perf_counter() - start) * k / min(k, 4)
-            row = {"batch_size": batch, "stack": k, "stacked_examples_per_second": examples / stacked,
+            row = {"optimizer": optimizer, "batch_size": batch, "stack": k, "stacked_examples_per_second": examples / stacked,
                    "one_by_one_examples_per_second": examples / alone, "speedup": alone / stacked}
             rows.append(row)
-            print(f"{batch:>6}{k:>5}{row['stacked_examples_per_second'] / 1e6:>16.2f}"
+            print(f"{optimizer:>11}{batch:>6}{k:>5}{row['stacked_examples_per_second'] / 1e6:>16.2f}"
                   f"{row['one_by_one_examples_per_second'] / 1e6:>19.2f}{row['speedup']:>9.2f}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

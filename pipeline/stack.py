@@ -1,4 +1,4 @@
-"""fit_stack(): K sparse_sgd models trained together as one set of stacked tables.
+"""fit_stack(): K MF models trained together as one set of stacked tables.
 
 One ml-100k model is far too small to occupy a GPU: an epoch at batch 64 is 1,250 steps of a
 dozen kernels, each on 64 rows, so the launches cost more than the arithmetic. Stacked, every
@@ -7,11 +7,13 @@ a CUDA graph and replayed, so a launch costs the GPU's microsecond instead of a 
 
 Each model keeps everything that makes it itself: its factors (padded with zero columns up to
 the stack's widest; they stay zero, since their gradients are products with zeros), lr,
-lr_decay, l2, l2_bias, init_std, epochs and patience, its initial tables and its own permutation
-of the rows every epoch, drawn from generators seeded as `fit` seeds them. So model k of a stack
-is `fit(train, configs[k], seed=seeds[k])` up to float summation order, stops on its own
-(callback, patience, divergence, last epoch) and leaves the stack, which shrinks. What must
-match across a stack is `stack_key`: family mf, sparse_sgd, no implicit blocks, one batch size.
+lr_decay, l2, l2_bias, weight_decay, momentum, init_std, epochs and patience, its initial tables
+and its own permutation of the rows every epoch, drawn from generators seeded as `fit` seeds them.
+So model k of a stack is `fit(train, configs[k], seed=seeds[k])` up to float rounding, stops on its
+own (callback, patience, divergence, last epoch) and leaves the stack, which shrinks. What must
+match across a stack is `stack_key`: family mf without implicit blocks, one optimizer, one batch
+size. The dense optimizers are torch.optim's update rules (defaults: Adam's betas, eps, ...)
+written over the stack, with per-model lr, weight decay and momentum as tensors.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from pipeline.trainer import BestEpoch, EpochCallback, FitResult, TrainConfig, c
 __all__ = ["fit_stack", "stack_key"]
 
 
-def stack_key(config: TrainConfig) -> int | None:
-    """The batch size, for configs that can share a stack (only configs with the same key can);
-    None for those trained alone."""
-    stackable = config.family == "mf" and config.optimizer == "sparse_sgd" and config.implicit == "none"
-    return config.batch_size if stackable else None
+def stack_key(config: TrainConfig) -> tuple[str, int] | None:
+    """(optimizer, batch size) for configs that can share a stack (only configs with the same key
+    can); None for those trained alone (bayes, implicit blocks)."""
+    stackable = config.family == "mf" and config.implicit == "none"
+    return (config.optimizer, config.batch_size) if stackable else None
 
 
 def fit_stack(
@@ -58,7 +60,7 @@ def fit_stack(
     train_seconds: the wall time of the stacked epochs the model was part of."""
     keys = {stack_key(c) for c in configs}
     if None in keys or len(keys) != 1:
-        raise ValueError(f"fit_stack: configs must share one stack_key (mf, sparse_sgd, no implicit blocks, "
+        raise ValueError(f"fit_stack: configs must share one stack_key (mf without implicit blocks, one optimizer, "
                          f"one batch size); got keys {sorted(keys, key=str)}")
     device = resolve_device(device)
     train = train.to(device)
@@ -115,6 +117,9 @@ class _Stack:
         self.offset = self.models[0].global_mean - train.ratings  # μ − r, as fit's
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.live = list(range(len(configs)))  # model numbers, in stack order
+        self.optimizer = configs[0].optimizer
+        self.state = [(torch.zeros_like(self.users), torch.zeros_like(self.items)) for _ in range(_SLOTS[self.optimizer])]
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # the dense optimizers' step count
         self._rules()
         self.graph = _EpochGraph(self) if device.type == "cuda" else None
 
@@ -142,13 +147,15 @@ class _Stack:
         self.live = [self.live[at] for at in keep]
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.users, self.items = self.users[index], self.items[index]
+        self.state = [(u[index], i[index]) for u, i in self.state]
         self._rules()
         if self.graph is not None:
             self.graph = _EpochGraph(self)  # new shapes: capture again
 
     def _rules(self) -> None:
         """Per-model constants of the update: l2 per column (K, W) (0 on the constant columns),
-        and which columns learn (1) or stay constant (0)."""
+        which columns learn (1) or stay constant (0), and the dense optimizers' weight decay and
+        momentum (K, 1, 1)."""
         F, K = self.width - 2, len(self.live)
         self.l2_users = torch.zeros(K, self.width, device=self.device)
         self.learn_users, self.learn_items = torch.ones(self.width, device=self.device), torch.ones(self.width, device=self.device)
@@ -158,6 +165,9 @@ class _Stack:
             self.l2_users[at, :F] = c.l2
             self.l2_users[at, F] = c.l2 if c.l2_bias is None else c.l2_bias
         self.l2_items = self.l2_users[:, [*range(F), F + 1, F]]
+        per_model = lambda name: torch.tensor([getattr(self.configs[k], name) for k in self.live],  # noqa: E731
+                                              device=self.device)[:, None, None]
+        self.weight_decay, self.momentum = per_model("weight_decay"), per_model("momentum")
 
     def epoch(self, epoch: int) -> torch.Tensor:
         """One epoch of every live model, in place; returns each one's Σ err² (K,) on the device."""
@@ -168,7 +178,7 @@ class _Stack:
         items = (self.train.items[perms] + self._bases(self.items)).T.contiguous()
         lr = torch.tensor([self.configs[k].lr * self.configs[k].lr_decay ** (epoch - 1) for k in self.live],
                           device=self.device)[:, None]
-        inputs = (users, items, self.offset[perms].T.contiguous(), -lr * self.learn_users, -lr * self.learn_items)
+        inputs = (users, items, self.offset[perms].T.contiguous(), lr)
         if self.graph is not None:
             return self.graph(*inputs)
         return self._run(*inputs, torch.zeros(K, device=self.device))
@@ -177,12 +187,14 @@ class _Stack:
         """(K, 1): where each model's rows start in the flattened (K · rows, W) table."""
         return (torch.arange(len(self.live), device=self.device) * tables.shape[1])[:, None]
 
-    def _run(self, users, items, offset, step_users, step_items, loss) -> torch.Tensor:
-        """The batch loop over (N, K) inputs; step_*: −lr per model and column (K, W). Within a
-        batch every gradient is taken at the batch's starting rows and the updates are summed,
-        as in fit's sparse_sgd."""
+    def _run(self, users, items, offset, lr, loss) -> torch.Tensor:
+        """The batch loop over (N, K) inputs; lr (K, 1) this epoch's. Within a batch every gradient
+        is taken at the batch's starting rows, as in `fit`: sparse_sgd steps the batch's rows by
+        the summed gradient (lr per example); the others see the batch mean, densely."""
         U, V = self.users.view(-1, self.width), self.items.view(-1, self.width)
         K, batch = users.shape[1], self.configs[self.live[0]].batch_size
+        sparse = self.optimizer == "sparse_sgd"
+        step_users, step_items = -lr * self.learn_users, -lr * self.learn_items  # (K, W)
         for lo in range(0, users.shape[0], batch):
             u, i = users[lo : lo + batch].view(-1), items[lo : lo + batch].view(-1)
             pu, qi = U[u].view(-1, K, self.width), V[i].view(-1, K, self.width)  # (B, K, W)
@@ -190,9 +202,24 @@ class _Stack:
             loss += err.square().sum(0)
             e = err.unsqueeze(2)
             # d/dp_u of (err² + λ|p_u|²)/2 is err·q_i + λ·p_u; likewise for q_i.
-            U.index_add_(0, u, torch.addcmul(pu * self.l2_users, qi, e).mul_(step_users).view(-1, self.width))
-            V.index_add_(0, i, torch.addcmul(qi * self.l2_items, pu, e).mul_(step_items).view(-1, self.width))
+            grad_u, grad_i = torch.addcmul(pu * self.l2_users, qi, e), torch.addcmul(qi * self.l2_items, pu, e)
+            if sparse:
+                U.index_add_(0, u, grad_u.mul_(step_users).view(-1, self.width))
+                V.index_add_(0, i, grad_i.mul_(step_items).view(-1, self.width))
+                continue
+            scale = 1.0 / pu.shape[0]
+            self.steps += 1
+            for table, rows, grad, state in ((self.users, u, grad_u, self.state_of(0)),
+                                             (self.items, i, grad_i, self.state_of(1))):
+                dense = torch.zeros_like(table).view(-1, self.width).index_add_(0, rows, grad.view(-1, self.width),
+                                                                               alpha=scale)
+                _DENSE[self.optimizer](table, dense.view(table.shape), state, lr[:, :, None], self)
+            F = self.width - 2
+            self.users[:, :, F + 1], self.items[:, :, F] = 1.0, 1.0  # the constant columns, as fit restores them
         return loss
+
+    def state_of(self, side: int) -> list[torch.Tensor]:
+        return [pair[side] for pair in self.state]
 
     @torch.no_grad()
     def valid_rmse(self, valid: Interactions) -> torch.Tensor:
@@ -207,6 +234,49 @@ class _Stack:
             scores = (U[users] * V[items]).sum(2) + self.models[0].global_mean
             sse += (scores.clamp(low, high) - valid.ratings[lo : lo + chunk]).double().square().sum(1)
         return (sse / len(valid)).sqrt()
+
+
+# torch.optim's update rules over stacked tables T (K, rows, W) with the batch-mean gradient G
+# (weight decay not yet added), each model's lr (K, 1, 1) and the stack's per-model weight decay,
+# momentum and step count; defaults as torch.optim's (and fit's: Adam betas (0.9, 0.999), eps
+# 1e-8; RMSprop alpha 0.99, eps 1e-8; Adagrad eps 1e-10).
+_SLOTS = {"sparse_sgd": 0, "sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1}
+
+
+def _sgd(T, G, state, lr, s) -> None:
+    (buf,) = state
+    buf.mul_(s.momentum).add_(G.addcmul_(T, s.weight_decay))  # the first step: buf = G
+    T.sub_(buf * lr)
+
+
+def _adam(T, G, state, lr, s, decoupled: bool = False) -> None:
+    m, v = state
+    if decoupled:
+        T.mul_(1 - lr * s.weight_decay)
+    else:
+        G.addcmul_(T, s.weight_decay)
+    m.lerp_(G, 0.1)
+    v.mul_(0.999).addcmul_(G, G, value=0.001)
+    correction1, correction2 = 1 - 0.9**s.steps, (1 - 0.999**s.steps).sqrt()
+    T.sub_(m / (v.sqrt() / correction2.float()).add_(1e-8) * (lr / correction1.float()))
+
+
+def _rmsprop(T, G, state, lr, s) -> None:
+    (square,) = state
+    G.addcmul_(T, s.weight_decay)
+    square.mul_(0.99).addcmul_(G, G, value=0.01)
+    T.sub_(G / square.sqrt().add_(1e-8) * lr)
+
+
+def _adagrad(T, G, state, lr, s) -> None:
+    (total,) = state
+    G.addcmul_(T, s.weight_decay)
+    total.addcmul_(G, G)
+    T.sub_(G / total.sqrt().add_(1e-10) * lr)
+
+
+_DENSE = {"sgd": _sgd, "adam": _adam, "adamw": lambda *a: _adam(*a, decoupled=True), "rmsprop": _rmsprop,
+          "adagrad": _adagrad}
 
 
 class _EpochGraph:

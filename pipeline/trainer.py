@@ -182,7 +182,7 @@ def fit(
     it every epoch runs (patience needs a valid RMSE to be patient about).
     device: see `resolve_device`. threads: CPU intra-op threads during an mf fit (bayes keeps torch's).
     compiled: run sparse_sgd on the CPU with the numba loop (same mathematics, ~3× faster). On cuda,
-    sparse_sgd without implicit blocks is a stack of one (`pipeline.stack`: its epoch a CUDA graph).
+    mf without implicit blocks is a stack of one (`pipeline.stack`: its epoch a CUDA graph).
     Raises TrainingDiverged at the first epoch whose train loss is not finite.
     """
     device = resolve_device(device)
@@ -196,7 +196,7 @@ def fit(
                       generator=generator)
         _run_epochs(config, len(train), valid, callback, result, chain.step, chain.score, chain)
         return result
-    if device.type == "cuda" and config.optimizer == "sparse_sgd" and config.implicit == "none":
+    if device.type == "cuda" and config.implicit == "none":
         from pipeline.stack import fit_stack  # a stack of one: its epoch is a CUDA graph, no launch overhead
 
         (outcome,) = fit_stack(train, [config], [seed], n_users=n_users, n_items=n_items, rating_scale=rating_scale,

@@ -1,5 +1,5 @@
-"""Stacked trials (pipeline.stack): K models trained together equal K single fits, each ending on
-its own; on cuda the graphed epoch equals the CPU's."""
+"""Stacked trials (pipeline.stack): K models trained together equal K single fits (sparse_sgd and
+every torch.optim rule), each ending on its own; on cuda the graphed epoch equals the CPU's."""
 
 import math
 
@@ -49,6 +49,19 @@ def test_a_stack_equals_its_models_trained_one_by_one(data, compiled):
     assert stacked[1].stopped_early  # patience 1 ended it at epoch 4 of 8: it left the stack alone
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+def test_a_stack_of_dense_optimizers_equals_torch_optim_one_by_one(data, optimizer):
+    """Per-model lr, lr_decay, weight decay, momentum, L2 and factors, against fit's torch.optim."""
+    lr = {"sgd": 0.05, "adam": 0.005, "adamw": 0.005, "rmsprop": 0.002, "adagrad": 0.05}[optimizer]
+    common = dict(optimizer=optimizer, batch_size=256, epochs=3)
+    configs = [TrainConfig(**common, factors=8, lr=lr, weight_decay=1e-4, l2=0.01, momentum=0.8),
+               TrainConfig(**common, factors=16, lr=2 * lr, weight_decay=0.0, l2=0.05, l2_bias=0.0, lr_decay=0.9,
+                           init_std=0.1)]
+    stacked = fit_stack(data.part("train"), configs, SEEDS[:2], valid=data.part("valid"), **data.dims)
+    for config, seed, result in zip(configs, SEEDS, stacked):
+        _assert_same_fit(result, _single(data, config, seed), tol=1e-4)
+
+
 def test_a_model_that_ends_leaves_the_others_as_they_were(data):
     """One model pruned by its callback, one diverging: each ends with its exception, the others
     train exactly as they would alone."""
@@ -74,12 +87,13 @@ def test_without_valid_data_every_epoch_runs_and_the_last_is_kept(data):
 
 
 def test_only_configs_with_one_stack_key_share_a_stack(data):
-    assert stack_key(CONFIGS[0]) == 64
-    assert stack_key(TrainConfig()) is None  # Adam: dense optimizer state, trained alone
-    assert stack_key(TrainConfig(**SGD, implicit="user")) is None
-    with pytest.raises(ValueError, match="one stack_key"):
-        fit_stack(data.part("train"), [CONFIGS[0], TrainConfig(**{**SGD, "batch_size": 128})], [0, 1],
-                  **data.dims)
+    assert stack_key(CONFIGS[0]) == ("sparse_sgd", 64)
+    assert stack_key(TrainConfig()) == ("adam", 512)
+    assert stack_key(TrainConfig(**SGD, implicit="user")) is None  # implicit blocks: trained alone
+    assert stack_key(TrainConfig(family="bayes")) is None
+    for other in (TrainConfig(**{**SGD, "batch_size": 128}), TrainConfig(batch_size=64)):
+        with pytest.raises(ValueError, match="one stack_key"):
+            fit_stack(data.part("train"), [CONFIGS[0], other], [0, 1], **data.dims)
 
 
 def test_on_cuda_the_graphed_epoch_equals_the_cpu(data, cuda):
@@ -89,6 +103,7 @@ def test_on_cuda_the_graphed_epoch_equals_the_cpu(data, cuda):
     for a, b in zip(on_cpu, on_gpu):  # GPU atomics sum in another order: float tolerance
         assert [h[0] for h in a.history] == [h[0] for h in b.history]
         assert b.best_valid_rmse == pytest.approx(a.best_valid_rmse, rel=1e-3)
-    single = fit(data.part("train"), CONFIGS[0], valid=data.part("valid"), seed=SEEDS[0], device=cuda,
-                 **data.dims)  # sparse_sgd alone on cuda: a stack of one
-    assert single.best_valid_rmse == pytest.approx(on_cpu[0].best_valid_rmse, rel=1e-3)
+    for config in (CONFIGS[0], TrainConfig(epochs=4)):  # alone on cuda: a stack of one
+        alone_cpu = fit(data.part("train"), config, valid=data.part("valid"), seed=SEEDS[0], **data.dims)
+        alone_gpu = fit(data.part("train"), config, valid=data.part("valid"), seed=SEEDS[0], device=cuda, **data.dims)
+        assert alone_gpu.best_valid_rmse == pytest.approx(alone_cpu.best_valid_rmse, rel=1e-3)
