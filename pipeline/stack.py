@@ -104,11 +104,9 @@ class _Stack:
     def __init__(self, train, configs, seeds, n_users, n_items, rating_scale, device) -> None:
         self.train, self.configs, self.device = train, list(configs), device
         self.width = max(c.factors for c in configs) + 2
-        self.offset = self.global_mean = None
-        self.models, users, items = [], [], []
+        mean, self.models, users, items = train.ratings.double().mean().item(), [], [], []
         for config, seed in zip(configs, seeds):  # fit's initialization, model by model
-            model = MatrixFactorization(n_users, n_items, config.factors, train.ratings.double().mean().item(),
-                                        rating_scale).to(device)
+            model = MatrixFactorization(n_users, n_items, config.factors, mean, rating_scale).to(device)
             model.reset_parameters(torch.Generator().manual_seed(seed), config.init_std)
             self.models.append(model)
             users.append(self._widen(model.users.detach(), config.factors))
@@ -118,7 +116,8 @@ class _Stack:
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.live = list(range(len(configs)))  # model numbers, in stack order
         self.optimizer = configs[0].optimizer
-        self.state = [(torch.zeros_like(self.users), torch.zeros_like(self.items)) for _ in range(_SLOTS[self.optimizer])]
+        slots = _SLOTS[self.optimizer]  # the optimizer's state, per table
+        self.state = [(torch.zeros_like(self.users), torch.zeros_like(self.items)) for _ in range(slots)]
         self.steps = torch.zeros((), dtype=torch.float64, device=device)  # the dense optimizers' step count
         self._rules()
         self.graph = _EpochGraph(self) if device.type == "cuda" else None
@@ -158,7 +157,8 @@ class _Stack:
         momentum (K, 1, 1)."""
         F, K = self.width - 2, len(self.live)
         self.l2_users = torch.zeros(K, self.width, device=self.device)
-        self.learn_users, self.learn_items = torch.ones(self.width, device=self.device), torch.ones(self.width, device=self.device)
+        self.learn_users = torch.ones(self.width, device=self.device)
+        self.learn_items = torch.ones(self.width, device=self.device)
         self.learn_users[F + 1] = self.learn_items[F] = 0.0
         for at, k in enumerate(self.live):
             c = self.configs[k]

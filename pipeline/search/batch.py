@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.objective import EXPECTED_FAILURES, Objective, _TrialLifecycle, reporter, trial_seed
+from pipeline.search.objective import EXPECTED_FAILURES, Objective, TrialLifecycle, reporter, trial_seed
 from pipeline.search.study import Cap, SharedStudy, this_process
 from pipeline.stack import fit_stack, stack_key
 from pipeline.tracking import TrackingError
@@ -43,7 +43,7 @@ def ask_batch(shared: SharedStudy, cap: Cap, size: int) -> list[optuna.Trial]:
 def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Trial], callbacks: list[Callback]) -> None:
     """Train and tell `trials`. Expected failures (see EXPECTED_FAILURES), pruning and divergence
     end one trial; anything else is raised once every trial of the batch is told."""
-    lives = {t.number: _TrialLifecycle(t, objective.tracker, objective.study_name) for t in trials}
+    lives = {t.number: TrialLifecycle(t, objective.tracker, objective.study_name) for t in trials}
     told: set[int] = set()
     errors: list[BaseException] = []
 

@@ -17,7 +17,7 @@ from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
 from pipeline.trainer import FitResult, TrainConfig, TrainingDiverged, fit
 
-__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "reporter", "trial_seed", "tracked"]
+__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "TrialLifecycle", "reporter", "trial_seed", "tracked"]
 
 
 class OverCap(RuntimeError):
@@ -49,7 +49,7 @@ class _NoRun:
         pass
 
 
-class _TrialLifecycle:
+class TrialLifecycle:
     """A trial's MLflow run from start to end; its status set once, by how the trial ended:
     COMPLETE -> FINISHED, PRUNED -> FINISHED too (stopping early is the pruner working, not a
     fault; the tag optuna.state and the run's description say so), an expected failure -> FAILED
@@ -88,10 +88,10 @@ class _TrialLifecycle:
 
 
 @contextmanager
-def tracked(trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> Iterator[_TrialLifecycle]:
+def tracked(trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> Iterator[TrialLifecycle]:
     """`with tracked(trial, ...) as life: run = life.start(config); ...`: the run ends with the
     status that matches how the block ended, exactly once, and the exception goes on."""
-    life = _TrialLifecycle(trial, tracker, study_name)
+    life = TrialLifecycle(trial, tracker, study_name)
     try:
         yield life
     except BaseException as exc:
@@ -128,7 +128,7 @@ class Objective:
                          device=self.device, callback=reporter(trial, run), **self.dims)
             return self.record(trial, run, result)
 
-    def begin(self, trial: optuna.Trial, life: _TrialLifecycle) -> tuple[TrainConfig, TrialRun | _NoRun]:
+    def begin(self, trial: optuna.Trial, life: TrialLifecycle) -> tuple[TrainConfig, TrialRun | _NoRun]:
         """Claim the trial for this process, check the cap, draw its config, start its run."""
         trial.set_user_attr("worker", this_process())  # a rerun on this machine can tell it died
         if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):

@@ -106,7 +106,8 @@ def _check_memory(space: SearchSpace, data: Split, device: torch.device, stack: 
     largest = max(space_corners(space), key=need)
     have = device_memory(device)
     if need(largest) > have:
-        what = f"a stack of {stack} {largest.family} models" if stack_key(largest) and stack > 1 else f"a {largest.family} model"
+        stacked = stack_key(largest) is not None and stack > 1
+        what = f"a stack of {stack} {largest.family} models" if stacked else f"a {largest.family} model"
         raise SearchError(
             f"params.factors: {what} with {largest.factors} factors on {data.n_users} users x {data.n_items} items "
             f"needs ~{need(largest) / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of {device}; "
