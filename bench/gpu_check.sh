@@ -11,8 +11,8 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=sqlite:////tmp/mlflow.db
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.txt"
-timeout 100 python3 bench/stack.py --device cuda --epochs 5 --ratings .gpu/ml-100k.inter --out "$out" 2>&1 | tee "$out/stack.log"
-timeout 200 python3 bench/gpu.py --out "$out" --device cuda --ratings .gpu/ml-100k.inter 2>&1 | tee "$out/gpu.log"
+timeout 110 python3 bench/stack.py --device cuda --epochs 5 --ratings .gpu/ml-100k.inter --out "$out" 2>&1 | tee "$out/stack.log"
+timeout 190 python3 bench/gpu.py --out "$out" --device cuda --ratings .gpu/ml-100k.inter 2>&1 | tee "$out/gpu.log"
 timeout 120 python3 bench/scale.py --device cuda --skip-study 2>&1 | tee "$out/scale.log"
 cp bench/results/scale-cuda.json "$out/" 2>/dev/null
 timeout 60 python3 -m pytest -q -p no:cacheprovider -k "cuda" tests/test_trainer.py tests/test_bayes.py tests/test_stack.py 2>&1 | tail -5 | tee "$out/tests.log"

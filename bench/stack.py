@@ -47,7 +47,7 @@ def main() -> None:
     ratings = ingest.load(args.ratings, rating_scale=(1.0, 5.0)) if args.ratings else ingest.load("ml-100k")
     data = split(ratings, seed=0)
     train, valid = data.part("train").to(device), data.part("valid").to(device)
-    sizes = (1, 8, 32) if device.type == "cuda" else (1, 2, 4, 8)
+    sizes = (1, 8, 32, 128) if device.type == "cuda" else (1, 2, 4, 8)
     for optimizer in ("sparse_sgd", "adam"):  # warm-up: numba's cache, kernels, the allocator
         fit_stack(train, configs(2, optimizer, 256, 2), [0, 1], valid=valid, device=device, **data.dims)
         fit(train, configs(1, optimizer, 256, 2)[0], valid=valid, device=device, **data.dims)

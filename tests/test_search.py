@@ -308,6 +308,7 @@ def test_a_study_name_reused_with_another_space_is_refused(ws, capsys):
     (["--storage", "postgresql+psycopg2://me:hunter2@127.0.0.1:9/none"], "--storage postgresql+psycopg2://me:***@"),
     (["--timeout", "0"], "--timeout 0: expected > 0 seconds"),
     (["--timeout", "-1"], "--timeout -1: expected > 0 seconds"),
+    (["--stack", "0"], "--stack 0: expected >= 1"),
     (["--tracking-uri", "sqlite:///{root}/ratings.csv/mlflow.db"], "cannot create or open"),
 ])
 def test_errors_before_work_exit_2_and_log_nothing(ws, capsys, change, message):
