@@ -23,7 +23,8 @@ from pipeline.evaluate import squared_error_sum
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["FAMILIES", "OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit", "refit"]
+__all__ = ["FAMILIES", "OPTIMIZERS", "BestEpoch", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "close_fit",
+           "end_epoch", "fit", "refit"]
 
 # torch.optim classes used as they are; "sparse_sgd" is ours: plain SGD applied only to the rows in
 # the batch (lazy: no dense state, no dense pass over the tables), as in Funk / Surprise SVD.
