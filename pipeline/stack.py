@@ -29,7 +29,7 @@ from pipeline.device import resolve_device
 from pipeline.evaluate import _CHUNK
 from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
-from pipeline.trainer import BestEpoch, EpochCallback, FitResult, TrainConfig, close_fit, end_epoch
+from pipeline.trainer import BestEpoch, EpochCallback, FitResult, TrainConfig, close_fit, end_epoch, l2_columns
 
 __all__ = ["fit_stack", "stack_key"]
 
@@ -144,6 +144,8 @@ class _Stack:
             return
         keep = [at for at, k in enumerate(self.live) if k not in leaving]
         self.live = [self.live[at] for at in keep]
+        if not self.live:
+            return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.users, self.items = self.users[index], self.items[index]
         self.state = [(u[index], i[index]) for u, i in self.state]
@@ -155,16 +157,19 @@ class _Stack:
         """Per-model constants of the update: l2 per column (K, W) (0 on the constant columns),
         which columns learn (1) or stay constant (0), and the dense optimizers' weight decay and
         momentum (K, 1, 1)."""
-        F, K = self.width - 2, len(self.live)
-        self.l2_users = torch.zeros(K, self.width, device=self.device)
+        F = self.width - 2
         self.learn_users = torch.ones(self.width, device=self.device)
         self.learn_items = torch.ones(self.width, device=self.device)
         self.learn_users[F + 1] = self.learn_items[F] = 0.0
-        for at, k in enumerate(self.live):
-            c = self.configs[k]
-            self.l2_users[at, :F] = c.l2
-            self.l2_users[at, F] = c.l2 if c.l2_bias is None else c.l2_bias
-        self.l2_items = self.l2_users[:, [*range(F), F + 1, F]]
+
+        def l2(k: int, side: int) -> torch.Tensor:  # fit's per-column λ, widened
+            columns = l2_columns(self.models[k], self.configs[k])
+            if columns is None:
+                return torch.zeros(self.width, device=self.device)
+            return self._widen(columns[side][None], self.configs[k].factors)[0]
+
+        self.l2_users = torch.stack([l2(k, 0) for k in self.live])
+        self.l2_items = torch.stack([l2(k, 1) for k in self.live])
         per_model = lambda name: torch.tensor([getattr(self.configs[k], name) for k in self.live],  # noqa: E731
                                               device=self.device)[:, None, None]
         self.weight_decay, self.momentum = per_model("weight_decay"), per_model("momentum")

@@ -24,7 +24,7 @@ from pipeline.model import MatrixFactorization
 from pipeline.split import Interactions
 
 __all__ = ["FAMILIES", "OPTIMIZERS", "BestEpoch", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "close_fit",
-           "end_epoch", "fit", "refit"]
+           "end_epoch", "fit", "l2_columns", "refit"]
 
 # torch.optim classes used as they are; "sparse_sgd" is ours: plain SGD applied only to the rows in
 # the batch (lazy: no dense state, no dense pass over the tables), as in Funk / Surprise SVD.
@@ -346,7 +346,7 @@ class BestEpoch:
         result.best_epoch, result.best_valid_rmse = self.epoch, self.rmse
 
 
-def _l2_columns(model: MatrixFactorization, config: TrainConfig):
+def l2_columns(model: MatrixFactorization, config: TrainConfig):
     """Per-column λ for the rows [p, b_u, 1] and [q, 1, b_i] (the constant columns get 0), or None."""
     l2_bias = config.l2 if config.l2_bias is None else config.l2_bias
     if not (config.l2 or l2_bias):
@@ -360,7 +360,7 @@ def _epoch_step(model, train, config, optimizer, compiled, implicit):
     """(perm, lr) -> the epoch's Σ err² (a 0-d tensor): the numba loop for sparse_sgd on the CPU
     (without implicit blocks), else the tensor batch loop."""
     offset = model.global_mean - train.ratings  # μ − r, once: err = p·q + (μ − r)
-    l2 = _l2_columns(model, config)
+    l2 = l2_columns(model, config)
     if optimizer is None and compiled and model.users.device.type == "cpu" and implicit is None:
         from pipeline._sgd_kernel import compiled_epoch  # numba: imported only when it runs
 

@@ -21,7 +21,7 @@ from pipeline.search.objective import EXPECTED_FAILURES, Objective, TrialLifecyc
 from pipeline.search.study import Cap, SharedStudy, this_process
 from pipeline.stack import fit_stack, stack_key
 from pipeline.tracking import TrackingError
-from pipeline.trainer import FitResult, fit
+from pipeline.trainer import FitResult
 
 __all__ = ["ask_batch", "run_batch"]
 
@@ -97,14 +97,12 @@ def _train(objective: Objective, members: list) -> list[FitResult | Exception]:
     for trial, _, run in members:
         trial.set_user_attr("stack_size", len(members))
         run.log(stack_size=len(members))
-    seeds = [trial_seed(o.seed, trial.number) for trial, _, _ in members]
-    callbacks = [reporter(trial, run) for trial, _, run in members]
     if len(members) > 1:
-        return fit_stack(o.train, [c for _, c, _ in members], seeds, valid=o.valid, device=o.device,
-                         callbacks=callbacks, **o.dims)
+        return fit_stack(o.train, [c for _, c, _ in members], [trial_seed(o.seed, t.number) for t, _, _ in members],
+                         valid=o.valid, device=o.device, callbacks=[reporter(t, run) for t, _, run in members],
+                         **o.dims)
     try:
-        return [fit(o.train, members[0][1], valid=o.valid, seed=seeds[0], device=o.device, callback=callbacks[0],
-                    **o.dims)]
+        return [o.fit(*members[0])]
     except Exception as exc:  # noqa: BLE001 - told as the trial's end by the caller
         return [exc]
 

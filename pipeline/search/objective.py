@@ -124,9 +124,13 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         with tracked(trial, self.tracker, self.study_name) as life:
             config, run = self.begin(trial, life)
-            result = fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number),
-                         device=self.device, callback=reporter(trial, run), **self.dims)
+            result = self.fit(trial, config, run)
             return self.record(trial, run, result)
+
+    def fit(self, trial: optuna.Trial, config: TrainConfig, run: TrialRun | _NoRun) -> FitResult:
+        """The trial's model alone, reported and prunable epoch by epoch."""
+        return fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number), device=self.device,
+                   callback=reporter(trial, run), **self.dims)
 
     def begin(self, trial: optuna.Trial, life: TrialLifecycle) -> tuple[TrainConfig, TrialRun | _NoRun]:
         """Claim the trial for this process, check the cap, draw its config, start its run."""
