@@ -1,3 +1,12 @@
+"""Shared fixtures and helpers. pytest puts this folder on sys.path (rootdir-relative "prepend"
+imports, no __init__.py), so module-scoped fixtures elsewhere take the helpers with
+`from conftest import Workspace, free_port, wait_until_up`."""
+
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +41,63 @@ def cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path) -> str:
+    """A fresh MLflow tracking URI in tmp_path (SQLite; artifacts beside it, never ./mlruns)."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+class Workspace:
+    """A folder with its own ratings file, Optuna journal and MLflow database."""
+
+    def __init__(self, root: Path, seed: int = 3) -> None:
+        self.root = root
+        self.data = root / "ratings.csv"
+        ingest.synthetic(300, 200, 15_000, rank=4, noise=0.3, seed=seed).frame.to_csv(self.data, index=False)
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    @property
+    def client(self):  # lazily: a client creates the database
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri, self.uri)
+
+    def argv(self, *extra: str, config: str | Path = "quick") -> list[str]:
+        return ["--config", str(config), "--dataset", str(self.data), "--storage", str(self.root / "optuna.journal"),
+                "--tracking-uri", self.uri, "--quiet", *extra]
+
+    def search(self, *extra: str, config: str | Path = "quick") -> int:
+        from pipeline import search
+
+        return search.main(self.argv(*extra, config=config))
+
+    def runs(self):
+        exp = self.client.get_experiment_by_name("pipeline")
+        return self.client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+    def parents(self):
+        return [r for r in self.runs() if "mlflow.parentRunId" not in r.data.tags]
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (another process may take it before we do)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll `url` until it answers; fail the test if `server` exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            assert server.poll() is None, f"{url}: the server exited with {server.returncode}"
+            assert time.monotonic() < deadline, f"{url}: no answer after {timeout:.0f} s"
+            time.sleep(0.5)

@@ -16,6 +16,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from conftest import Workspace
 from pipeline import ingest, search
 from pipeline.space import SEARCH_SPACES
 from pipeline.split import split
@@ -29,34 +30,6 @@ def _write_space(folder: Path, name: str, **changes) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-class Workspace:
-    """A folder with its own ratings file, Optuna journal and MLflow database."""
-
-    def __init__(self, root: Path, seed: int = 3) -> None:
-        self.root = root
-        self.data = root / "ratings.csv"
-        ingest.synthetic(300, 200, 15_000, rank=4, noise=0.3, seed=seed).frame.to_csv(self.data, index=False)
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
-
-    @property
-    def client(self) -> MlflowClient:  # lazily: a client creates the database
-        return MlflowClient(self.uri, self.uri)
-
-    def argv(self, *extra: str, config: str | Path = "quick") -> list[str]:
-        return ["--config", str(config), "--dataset", str(self.data), "--storage", str(self.root / "optuna.journal"),
-                "--tracking-uri", self.uri, "--quiet", *extra]
-
-    def search(self, *extra: str, config: str | Path = "quick") -> int:
-        return search.main(self.argv(*extra, config=config))
-
-    def runs(self):
-        exp = self.client.get_experiment_by_name("pipeline")
-        return self.client.search_runs([exp.experiment_id], max_results=1000) if exp else []
-
-    def parents(self):
-        return [r for r in self.runs() if "mlflow.parentRunId" not in r.data.tags]
 
 
 @pytest.fixture(scope="module")

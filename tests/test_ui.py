@@ -5,27 +5,18 @@ Screenshots go to $PIPELINE_UI_SCREENSHOTS (default test-artifacts/mlflow-ui/), 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from test_search import Workspace
+from conftest import Workspace, free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 SCREENSHOTS = Path(os.environ.get("PIPELINE_UI_SCREENSHOTS", Path(__file__).parent.parent / "test-artifacts" / "mlflow-ui"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +29,13 @@ def ui(tmp_path_factory):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     link = re.search(r"then open http://127\.0\.0\.1:5000/(\S+)", done.stdout).group(1)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.uri, "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1"], cwd=ws.root, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
-                time.sleep(0.5)
+        wait_until_up(f"{base}/health", server)
         yield ws, base, link
     finally:
         server.terminate()
