@@ -25,7 +25,7 @@ from scipy import stats
 from pipeline import ingest
 from pipeline.evaluate import baselines, evaluate
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, fit, refit
+from pipeline.training import TrainConfig, fit, refit
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -30,7 +30,7 @@ from pipeline import ingest
 from pipeline.device import device_name, resolve_device
 from pipeline.space import default_space
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, fit
+from pipeline.training import TrainConfig, fit
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = [  # (label, config): the default space's families at the batch sizes that matter on each device

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from pipeline import ingest
 from pipeline.evaluate import evaluate
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, refit
+from pipeline.training import TrainConfig, refit
 
 
 def _relations(fit_users, fit_items, n_users: int, n_items: int, implicit: bool):

@@ -23,7 +23,7 @@ import torch
 
 from pipeline import ingest
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, fit
+from pipeline.training import TrainConfig, fit
 
 SHAPE = dict(n_users=162_541, n_items=59_047, n_ratings=25_000_095, rank=16, noise=0.5)
 

@@ -43,7 +43,7 @@ from pipeline.evaluate import evaluate
 from pipeline.model import MatrixFactorization
 from pipeline.space import SEARCH_SPACES
 from pipeline.split import Interactions, split
-from pipeline.trainer import TrainConfig, refit
+from pipeline.training import TrainConfig, refit
 
 TRAIN_SEED = 0  # pipeline.search's --seed default: its trials' and its refit's seed
 KS = (2, 3, 5)

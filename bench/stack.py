@@ -1,4 +1,4 @@
-"""Stacked trials (pipeline.stack) against the same trials one at a time, on ml-100k's train rows.
+"""Stacked trials (pipeline.training) against the same trials one at a time, on ml-100k's train rows.
 
     python bench/stack.py [--device cpu|cuda] [--ratings PATH] [--epochs 10] [--out DIR]
 
@@ -23,8 +23,8 @@ import torch
 from pipeline import ingest
 from pipeline.device import device_name, resolve_device
 from pipeline.split import split
-from pipeline.stack import fit_stack
-from pipeline.trainer import TrainConfig, fit
+from pipeline.training import fit_stack
+from pipeline.training import TrainConfig, fit
 
 
 CASES = [("sparse_sgd", 64), ("sparse_sgd", 256), ("sparse_sgd", 1024), ("adam", 512), ("adam", 4096)]

@@ -12,7 +12,6 @@ per second and test RMSE of the final model. Writes bench/results/throughput_pee
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from seed_port import train_seed_port  # noqa: E402
 from pipeline import ingest  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.split import split  # noqa: E402
-from pipeline.trainer import TrainConfig, fit  # noqa: E402
+from pipeline.training import TrainConfig, fit  # noqa: E402
 
 
 def surprise_fit(data, factors: int, epochs: int) -> dict:
@@ -61,8 +60,8 @@ def main() -> None:
         sgd = TrainConfig(factors=k, optimizer="sparse_sgd", lr=0.005, weight_decay=0.0, l2=0.02, init_std=0.1,
                           epochs=args.epochs)  # Surprise's defaults: lr 0.005, reg 0.02, init std 0.1
         for name, config in [("pipeline, d2l config", TrainConfig(factors=k, epochs=args.epochs)),
-                             *[("pipeline sparse_sgd", dataclasses.replace(sgd, batch_size=b)) for b in (256, 1024, 4096)]]:
-            fit(train, dataclasses.replace(config, epochs=1), **dims)  # warm-up
+                             *[("pipeline sparse_sgd", sgd.replace(batch_size=b)) for b in (256, 1024, 4096)]]:
+            fit(train, config.replace(epochs=1), **dims)  # warm-up
             result = fit(train, config, **dims)
             rows.append({"factors": k, "trainer": name, "batch_size": config.batch_size,
                          "examples_per_second": result.examples_per_second, "seconds": result.train_seconds,

@@ -11,7 +11,6 @@ with no loss of accuracy. Prints a table; writes bench/results/train_throughput-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -26,7 +25,7 @@ from seed_port import train_seed_port  # noqa: E402
 from pipeline import ingest  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.split import split  # noqa: E402
-from pipeline.trainer import TrainConfig, fit  # noqa: E402
+from pipeline.training import TrainConfig, fit  # noqa: E402
 
 
 def main() -> None:
@@ -48,15 +47,15 @@ def main() -> None:
     seed = TrainConfig(epochs=args.epochs)
     variants = [("pipeline, seed config", seed)]
     for batch in (2048, 8192, 32768):
-        variants.append((f"pipeline adam, lr×√{batch // 512}", dataclasses.replace(
-            seed, batch_size=batch, lr=seed.lr * (batch / 512) ** 0.5)))
+        variants.append((f"pipeline adam, lr×√{batch // 512}", seed.replace(
+            batch_size=batch, lr=seed.lr * (batch / 512) ** 0.5)))
     for batch in (512, 4096):
         variants.append(("pipeline sparse_sgd", TrainConfig(
             factors=30, optimizer="sparse_sgd", lr=0.01, weight_decay=0.0, l2=0.1, l2_bias=0.01,
             batch_size=batch, epochs=args.epochs, init_std=0.1)))
     train_d, valid_d, test_d = train.to(device), data.part("valid").to(device), test.to(device)
     for name, config in variants:
-        fit(train_d, dataclasses.replace(config, epochs=1), device=device, **dims)  # warm-up (CUDA init, allocator)
+        fit(train_d, config.replace(epochs=1), device=device, **dims)  # warm-up (CUDA init, allocator)
         # Full epochs, no validation or early stop, like the port: then score the final model.
         result = fit(train_d, config, device=device, **dims)
         rows.append({"trainer": name, "batch_size": config.batch_size,

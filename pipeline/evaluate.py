@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.model import MatrixFactorization
+from pipeline.model import ITEM_BIAS, USER_BIAS, MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["Metrics", "baselines", "biases_only", "evaluate", "global_mean_model"]
+__all__ = ["Metrics", "baselines", "biases_only", "clamped_error", "evaluate", "global_mean_model"]
 
 _CHUNK = 1 << 20  # rows per chunk: bounds the temporary (chunk, factors + 2) gathers
 
@@ -21,6 +21,13 @@ class Metrics:
     n: int
 
 
+def clamped_error(scores: torch.Tensor, ratings: torch.Tensor, rating_scale) -> torch.Tensor:
+    """clamp(score) − r, float64 (..., N): scores (..., N), ratings (N,), rating_scale (low, high).
+    The one prediction error that every engine's valid RMSE and `evaluate` are computed from."""
+    low, high = rating_scale
+    return (scores.clamp(low, high) - ratings).double()
+
+
 @torch.inference_mode()
 def squared_error_sum(model: MatrixFactorization, data: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of squared and absolute errors of clamped predictions, as 0-d tensors on the model's
@@ -29,9 +36,10 @@ def squared_error_sum(model: MatrixFactorization, data: Interactions) -> tuple[t
     sae = torch.zeros_like(sse)
     for start in range(0, len(data), _CHUNK):
         end = start + _CHUNK
-        err = model.predict(data.users[start:end], data.items[start:end]) - data.ratings[start:end]
-        sse += err.double().square().sum()
-        sae += err.double().abs().sum()
+        err = clamped_error(model(data.users[start:end], data.items[start:end]), data.ratings[start:end],
+                            model.rating_scale)
+        sse += err.square().sum()
+        sae += err.abs().sum()
     return sse, sae
 
 
@@ -66,8 +74,8 @@ def biases_only(train: Interactions, n_users: int, n_items: int, rating_scale: t
         bi = torch.zeros_like(bi).index_add_(0, i, r - mu - bu[u]) / (damping + n_i)
         bu = torch.zeros_like(bu).index_add_(0, u, r - mu - bi[i]) / (damping + n_u)
     with torch.no_grad():
-        model.users[:-1, 0] = bu[:-1].float()
-        model.items[:-1, 1] = bi[:-1].float()
+        model.users[:-1, USER_BIAS] = bu[:-1].float()
+        model.items[:-1, ITEM_BIAS] = bi[:-1].float()
     return model
 
 

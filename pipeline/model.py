@@ -5,6 +5,9 @@ r̂(u, i) = μ + b_u + b_i + p_u·q_i, stored so that it is ONE dot product: the
 example instead of four gathers: the trainer's hot loop is twice as fast on a CPU for it.
 Each table has one extra last row, the fallback for ids unseen in training: [0…, 0, 1] and
 [0…, 1, 0], so an unknown user scores μ + b_i and an unknown item μ + b_u.
+
+This module owns that layout: the two trailing columns are named below by their negative index
+(so a row widened with zero factors, as a stack does, keeps them); every other module names them.
 """
 
 from __future__ import annotations
@@ -12,11 +15,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MatrixFactorization", "RawIdScorer"]
+__all__ = ["ITEM_BIAS", "ITEM_ONE", "USER_BIAS", "USER_ONE", "MatrixFactorization", "RawIdScorer", "learned_columns",
+           "narrow", "widen"]
+
+USER_BIAS, USER_ONE = -2, -1  # user row [p_u, b_u, 1]
+ITEM_ONE, ITEM_BIAS = -2, -1  # item row [q_i, 1, b_i]
+
+
+def learned_columns(width: int, side: str, device=None) -> torch.Tensor:
+    """(width,) float32: 1 for the columns a trainer learns, 0 for the side's constant 1 column."""
+    mask = torch.ones(width, device=device)
+    mask[USER_ONE if side == "user" else ITEM_ONE] = 0.0
+    return mask
+
+
+def widen(table: torch.Tensor, factors: int, width: int) -> torch.Tensor:
+    """(..., rows, factors + 2) -> (..., rows, width): zero factor columns inserted before the two trailing ones."""
+    wide = table.new_zeros(*table.shape[:-1], width)
+    wide[..., :factors], wide[..., -2:] = table[..., :factors], table[..., -2:]
+    return wide
+
+
+def narrow(table: torch.Tensor, factors: int) -> torch.Tensor:
+    """`widen`'s inverse: (..., rows, width) -> (..., rows, factors + 2), a new tensor."""
+    return torch.cat([table[..., :factors], table[..., -2:]], -1)
 
 
 class MatrixFactorization(nn.Module):
-    """Scores (user row, item row) pairs. Training lives in `pipeline.trainer`.
+    """Scores (user row, item row) pairs. Training lives in `pipeline.training`.
 
     Parameters: `users` (n_users + 1, factors + 2), `items` (n_items + 1, factors + 2), float32.
     Buffers: `global_mean` (), `rating_scale` (2,) = (low, high).
@@ -53,8 +79,8 @@ class MatrixFactorization(nn.Module):
     def restore_constants(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> None:
         """Put back the constant 1 columns (an optimizer step or weight decay moves them), in the
         model's tables or in tables of the same layout (`users`, `items`)."""
-        (self.users if users is None else users)[:, self.factors + 1] = 1.0
-        (self.items if items is None else items)[:, self.factors] = 1.0
+        (self.users if users is None else users)[..., USER_ONE] = 1.0
+        (self.items if items is None else items)[..., ITEM_ONE] = 1.0
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users, items: int64 (N,) table rows -> unclamped scores float32 (N,)."""
@@ -75,11 +101,11 @@ class MatrixFactorization(nn.Module):
 
     @property
     def user_bias(self) -> torch.Tensor:
-        return self.users[:-1, self.factors]
+        return self.users[:-1, USER_BIAS]
 
     @property
     def item_bias(self) -> torch.Tensor:
-        return self.items[:-1, self.factors + 1]
+        return self.items[:-1, ITEM_BIAS]
 
 
 class RawIdScorer(nn.Module):

@@ -9,7 +9,6 @@ any training, naming the file and the key.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -25,14 +24,14 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
-from pipeline.trainer import TrainConfig
+from pipeline.training import TrainConfig
 
 __all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "default_space", "default_stack", "load_space", "space_corners",
            "space_file", "suggest"]
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
-SEARCHABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("epochs", "patience"))
+SEARCHABLE = tuple(name for name in TrainConfig.model_fields if name not in ("epochs", "patience"))
 
 
 class SpaceError(ValueError):
@@ -170,7 +169,7 @@ class SearchSpace(_Strict):
     """Enqueue the d2l tutorial's configuration as trial 0 (and refit it for the summary). Its 20
     epochs can dominate a short study of a large dataset: turn it off there."""
     stack: int | None = Field(None, ge=1)
-    """Trials trained together where their configs can share a stack (pipeline.stack); None: by
+    """Trials trained together where their configs can share a stack (pipeline.training); None: by
     device (`default_stack`). How trials run, not what is searched: not part of the digest."""
     name: str = "custom"
     """The file's stem: part of the default study name."""

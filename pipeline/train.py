@@ -3,15 +3,12 @@
 Defaults are the tutorial's configuration: 30 factors, Adam, lr 0.002, weight decay 1e-5,
 20 epochs, batch 512. `--refit` retrains on train + valid for the best epoch count before the test,
 as the search does (the usual 90/10 MovieLens protocol). The model flags are generated from
-`TrainConfig`'s fields (help from their docstrings), so the command and the config cannot drift.
+`TrainConfig`'s fields (help from their docstrings, `TrainConfig.help`), so the command and the config cannot drift.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import json
 import math
 import sys
@@ -21,17 +18,9 @@ from pipeline import ingest
 from pipeline.device import resolve_device
 from pipeline.evaluate import baselines, evaluate
 from pipeline.split import STRATEGIES, split
-from pipeline.trainer import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
+from pipeline.training import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
 
 __all__ = ["main", "parser"]
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (the string literal that follows it)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {field.target.id: " ".join(doc.value.value.split())
-            for field, doc in zip(body, body[1:])
-            if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)}
 
 
 def _parse_as(kind: type, optional: bool):
@@ -49,13 +38,13 @@ def _parse_as(kind: type, optional: bool):
 
 
 def _add_config_flags(group, defaults: TrainConfig) -> None:
-    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        kinds = [t for t in typing.get_args(hints[field.name]) or (hints[field.name],) if t is not type(None)]
-        optional = len(kinds) < len(typing.get_args(hints[field.name]) or (hints[field.name],))
-        group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=_parse_as(kinds[0], optional),
-                           default=getattr(defaults, field.name), help=docs.get(field.name, " "),
-                           choices=OPTIMIZERS if field.name == "optimizer" else None)
+    docs = TrainConfig.help()
+    for name, field in TrainConfig.model_fields.items():
+        types = typing.get_args(field.annotation) or (field.annotation,)
+        kinds = [t for t in types if t is not type(None)]
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_parse_as(kinds[0], len(kinds) < len(types)),
+                           default=getattr(defaults, name), help=docs[name],
+                           choices=OPTIMIZERS if name == "optimizer" else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.model_fields})
         device = resolve_device(args.device)
         options = {"path": args.data_path} if args.data_path else {}
         ratings = ingest.load(args.dataset, **options, **ingest.source_options(args))

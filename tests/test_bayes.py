@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import bayes
+from pipeline.training import IMPLICIT
+from pipeline.training import gibbs as bayes
 from pipeline.evaluate import evaluate
 from pipeline.model import RawIdScorer
-from pipeline.trainer import TrainConfig, fit, refit
+from pipeline.training import TrainConfig, fit, refit
 
 
 def _config(**changes):
@@ -35,7 +36,7 @@ def test_the_hyperparameters_follow_the_rows():
     np.testing.assert_allclose(lam, [4.0, 1.0, 0.25], rtol=0.1)
 
 
-@pytest.mark.parametrize("implicit", bayes.IMPLICIT)
+@pytest.mark.parametrize("implicit", IMPLICIT)
 def test_it_finds_the_low_rank_truth_and_its_noise_level(small_split, implicit):
     result = fit(small_split.part("train"), _config(implicit=implicit, epochs=30, burn_in=10),
                  valid=small_split.part("valid"), device="cpu", **small_split.dims)

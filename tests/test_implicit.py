@@ -7,7 +7,7 @@ import torch
 from pipeline import ingest
 from pipeline.model import MatrixFactorization
 from pipeline.split import split
-from pipeline.trainer import TrainConfig, fit
+from pipeline.training import TrainConfig, fit
 
 from test_trainer import _fit
 

@@ -13,7 +13,7 @@ from pipeline.search.objective import Objective, OverCap, tracked
 from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.tracking import TrackingError
-from pipeline.trainer import TrainConfig, TrainingDiverged
+from pipeline.training import TrainConfig, TrainingDiverged
 
 PARAMS = {"optimizer": "sparse_sgd", "factors": 8, "lr.sparse_sgd": 0.02, "l2": 0.05, "batch_size": 256}
 

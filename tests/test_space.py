@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.space import SEARCH_SPACES, SpaceError, default_space, default_stack, load_space, suggest
-from pipeline.trainer import TrainConfig
+from pipeline.training import TrainConfig
 
 BASE = {"params": {"factors": {"type": "int", "low": 4, "high": 64}}}
 

@@ -1,4 +1,4 @@
-"""Stacked trials (pipeline.stack): K models trained together equal K single fits (sparse_sgd and
+"""Stacked trials (pipeline.training.fit_stack): K models trained together equal K single fits (sparse_sgd and
 every torch.optim rule), each ending on its own; on cuda the graphed epoch equals the CPU's."""
 
 import math
@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from pipeline.split import split
-from pipeline.stack import fit_stack, stack_key
-from pipeline.trainer import TrainConfig, TrainingDiverged, fit
+from pipeline.training import TrainConfig, TrainingDiverged, fit, fit_stack, stack_key
 
 SGD = dict(optimizer="sparse_sgd", weight_decay=0.0, batch_size=64)
 # Different in everything a model may differ in within one stack.
@@ -49,17 +48,61 @@ def test_a_stack_equals_its_models_trained_one_by_one(data, compiled):
     assert stacked[1].stopped_early  # patience 1 ended it at epoch 4 of 8: it left the stack alone
 
 
+def _torch_optim_fit(train, config, seed, dims):
+    """The reference for the hand-written rules: one model, autograd and torch.optim's own class,
+    the same start and permutations; per-example L2 λ(|p_u|² + |q_i|²)/2 with l2_bias on the biases."""
+    from pipeline.model import learned_columns
+    from pipeline.training.tables import initial_model, l2_columns
+
+    model = initial_model(config, seed, train.ratings.double().mean().item(), dims, torch.device("cpu"))
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
+           "adagrad": torch.optim.Adagrad}[config.optimizer]
+    options = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
+    optimizer = cls([model.users, model.items], lr=config.lr, weight_decay=config.weight_decay, **options)
+    l2 = l2_columns(config, config.factors + 2)
+    learned = [learned_columns(config.factors + 2, side) for side in ("user", "item")]
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, config.epochs + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * config.lr_decay ** (epoch - 1)
+        perm = torch.randperm(len(train), generator=generator)
+        for lo in range(0, len(perm), config.batch_size):
+            idx = perm[lo : lo + config.batch_size]
+            pu, qi = model.users[train.users[idx]], model.items[train.items[idx]]
+            err = (pu * qi).sum(1) + model.global_mean - train.ratings[idx]
+            penalty = (pu.square() * l2[0] * learned[0]).sum() + (qi.square() * l2[1] * learned[1]).sum()
+            optimizer.zero_grad()
+            ((err.square().sum() + penalty) / (2 * len(idx))).backward()
+            optimizer.step()
+            model.restore_constants()
+    return model
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
 def test_a_stack_of_dense_optimizers_equals_torch_optim_one_by_one(data, optimizer):
-    """Per-model lr, lr_decay, weight decay, momentum, L2 and factors, against fit's torch.optim."""
+    """Per-model lr, lr_decay, weight decay, momentum, L2 and factors: the stack against each
+    model alone, and against torch.optim's own classes with autograd."""
     lr = {"sgd": 0.05, "adam": 0.005, "adamw": 0.005, "rmsprop": 0.002, "adagrad": 0.05}[optimizer]
     common = dict(optimizer=optimizer, batch_size=256, epochs=3)
     configs = [TrainConfig(**common, factors=8, lr=lr, weight_decay=1e-4, l2=0.01, momentum=0.8),
                TrainConfig(**common, factors=16, lr=2 * lr, weight_decay=0.0, l2=0.05, l2_bias=0.0, lr_decay=0.9,
                            init_std=0.1)]
+    stacked = fit_stack(data.part("train"), configs, SEEDS[:2], **data.dims)
+    for config, seed, result in zip(configs, SEEDS, stacked):
+        _assert_same_fit(result, fit(data.part("train"), config, seed=seed, **data.dims))
+        reference = _torch_optim_fit(data.part("train"), config, seed, data.dims)
+        torch.testing.assert_close(result.model.users, reference.users, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(result.model.items, reference.items, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["sparse_sgd", "adam"])
+def test_a_stack_with_implicit_blocks_equals_its_models_one_by_one(data, optimizer):
+    extra = dict(weight_decay=0.0) if optimizer == "sparse_sgd" else {}
+    configs = [TrainConfig(optimizer=optimizer, implicit="both", batch_size=256, epochs=3, factors=f, lr=lr, l2=l2, **extra)
+               for f, lr, l2 in ((4, 0.01, 0.02), (7, 0.02, 0.0))]
     stacked = fit_stack(data.part("train"), configs, SEEDS[:2], valid=data.part("valid"), **data.dims)
     for config, seed, result in zip(configs, SEEDS, stacked):
-        _assert_same_fit(result, _single(data, config, seed), tol=1e-4)
+        _assert_same_fit(result, _single(data, config, seed))
 
 
 def test_a_model_that_ends_leaves_the_others_as_they_were(data):
@@ -87,9 +130,9 @@ def test_without_valid_data_every_epoch_runs_and_the_last_is_kept(data):
 
 
 def test_only_configs_with_one_stack_key_share_a_stack(data):
-    assert stack_key(CONFIGS[0]) == ("sparse_sgd", 64)
-    assert stack_key(TrainConfig()) == ("adam", 512)
-    assert stack_key(TrainConfig(**SGD, implicit="user")) is None  # implicit blocks: trained alone
+    assert stack_key(CONFIGS[0]) == ("sparse_sgd", 64, "none")
+    assert stack_key(TrainConfig()) == ("adam", 512, "none")
+    assert stack_key(TrainConfig(**SGD, implicit="user")) == ("sparse_sgd", 64, "user")
     assert stack_key(TrainConfig(family="bayes")) is None
     for other in (TrainConfig(**{**SGD, "batch_size": 128}), TrainConfig(batch_size=64)):
         with pytest.raises(ValueError, match="one stack_key"):

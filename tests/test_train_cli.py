@@ -1,6 +1,5 @@
 import json
 
-import dataclasses
 
 import pytest
 import torch
@@ -39,15 +38,15 @@ def test_defaults_are_the_seed_configuration():
 
 
 def test_every_config_field_is_a_flag_with_its_docstring_as_help():
-    from pipeline.train import field_docs, parser
-    from pipeline.trainer import TrainConfig
+    from pipeline.train import parser
+    from pipeline.training import TrainConfig
 
     p = parser()
     actions = {a.dest: a for a in p._actions}
-    docs = field_docs(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        assert actions[field.name].option_strings == ["--" + field.name.replace("_", "-")]
-        assert actions[field.name].help == docs[field.name] and len(docs[field.name]) > 10
+    docs = TrainConfig.help()
+    for name in TrainConfig.model_fields:
+        assert actions[name].option_strings == ["--" + name.replace("_", "-")]
+        assert actions[name].help == docs[name] and len(docs[name]) > 10
     args = p.parse_args(["--l2-bias", "none", "--patience", "4", "--factors", "7"])
     assert (args.l2_bias, args.patience, args.factors) == (None, 4, 7)
 

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import pytest
@@ -6,7 +5,7 @@ import torch
 
 from pipeline.evaluate import baselines, evaluate
 from pipeline.device import resolve_device
-from pipeline.trainer import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
+from pipeline.training import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
 
 # Settings that learn the small synthetic problem in a few epochs, per optimizer.
 GOOD = {
@@ -124,7 +123,7 @@ def test_the_global_thread_setting_is_restored(small_split):
 ])
 def test_bad_configs_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(TrainConfig(), **change)
+        TrainConfig().replace(**change)
 
 
 def test_trains_on_cuda(small_split, cuda):

@@ -19,9 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.search.objective import EXPECTED_FAILURES, Objective, TrialLifecycle, reporter, trial_seed
 from pipeline.search.study import Cap, SharedStudy, this_process
-from pipeline.stack import fit_stack, stack_key
+from pipeline.training import fit_stack, stack_key
 from pipeline.tracking import TrackingError
-from pipeline.trainer import FitResult
+from pipeline.training import FitResult
 
 __all__ = ["ask_batch", "run_batch"]
 

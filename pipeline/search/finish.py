@@ -16,7 +16,7 @@ from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, evaluate
 from pipeline.split import Split
 from pipeline.tracking import Tracker
-from pipeline.trainer import TrainConfig, refit
+from pipeline.training import TrainConfig, refit
 
 __all__ = ["finish", "log_study_inputs"]
 

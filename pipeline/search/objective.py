@@ -15,7 +15,7 @@ from pipeline.search.study import Cap, this_process
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
-from pipeline.trainer import FitResult, TrainConfig, TrainingDiverged, fit
+from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit
 
 __all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "TrialLifecycle", "reporter", "trial_seed", "tracked"]
 

@@ -18,9 +18,9 @@ from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
 from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
-from pipeline.stack import stack_key
+from pipeline.training import stack_key
 from pipeline.tracking import Tracker, resolve_tracking_uri
-from pipeline.trainer import TrainConfig
+from pipeline.training import TrainConfig
 
 __all__ = ["Session", "prepare"]
 

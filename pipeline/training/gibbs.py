@@ -1,7 +1,7 @@
-"""Bayesian MF with implicit-feedback blocks, trained by blocked Gibbs sampling (family "bayes").
+"""The Gibbs engine: Bayesian MF with implicit-feedback blocks by blocked Gibbs sampling (family "bayes").
 
-r̂(u, i) = μ + U_u·V_i with U = P + A Y and V = Q + C Z, in the trainer's augmented layout
-(user rows [p, b_u, 1], item rows [q, 1, b_i]): P, Q are each user's and item's own factors and
+r̂(u, i) = μ + U_u·V_i with U = P + A Y and V = Q + C Z, in `pipeline.model`'s row layout:
+P, Q are each user's and item's own factors and
 bias; Y (one row per item) and Z (one row per user) are the implicit blocks, A_uj = |N(u)|^-1/2
 for the items j the user rated and C_iv = |N(i)|^-1/2 for the users v who rated i, both built from
 the fitted rows only (SVD++'s user side and its flipped item side; Koren 2008). Every table's
@@ -23,72 +23,19 @@ into one `MatrixFactorization`: the kept samples' factor columns concatenated an
 
 from __future__ import annotations
 
-import math
-import warnings
 
 import torch
 
-from pipeline.model import MatrixFactorization
+from pipeline.evaluate import clamped_error
+from pipeline.model import ITEM_BIAS, ITEM_ONE, USER_BIAS, USER_ONE, MatrixFactorization
 from pipeline.split import Interactions
+from pipeline.training.blocks import Side
 
-__all__ = ["IMPLICIT", "Chain", "Side", "export"]
+__all__ = ["GibbsEngine", "export"]
 
-IMPLICIT = ("none", "user", "item", "both")
 _CG_ITERATIONS = 6  # warm-started from the previous sample: enough for the draw to settle
 # Normal-Gamma hyperprior: λ ~ Gamma(a0, b0), μ | λ ~ N(0, 1 / (κ0 λ)); noise α ~ Gamma(a0, b0).
 _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
-
-
-class Side:
-    """One side of the fitted rows as sparse matrices: `own` indexes this side's table (users for
-    the user side), `other` the other side's; `const` is this side's constant-1 column (the
-    others are learned). Rows of the tables: entities + the fallback row.
-
-    A (rows, other_rows): A[u, j] = |N(u)|^-1/2 for each fitted row (u, j), the implicit fold;
-    every per-row sum below is a CSR product (an order of magnitude faster than index_add)."""
-
-    def __init__(self, own, other, rows: int, other_rows: int, const: int, width: int) -> None:
-        self.own, self.other, self.rows, self.other_rows, self.const = own, other, rows, other_rows, const
-        self.learned = torch.tensor([c for c in range(width) if c != const], device=own.device)
-        count = torch.bincount(own, minlength=rows)
-        self.has_data, self.other_has_data = count > 0, torch.bincount(other, minlength=other_rows) > 0
-        self.weight = count[own].to(torch.float32).rsqrt()
-        self._by_own = _layout(own, other, rows, other_rows)
-        self._by_other = _layout(other, own, other_rows, rows)
-        self.A, self.At = self.matrix(self.weight), self.matrix_t(self.weight)
-        self.B, self.A2t = self.matrix(torch.ones_like(self.weight)), self.matrix_t(self.weight.square())
-
-    def matrix(self, values: torch.Tensor) -> torch.Tensor:
-        """(rows, other_rows) CSR with one value per fitted row (in row order)."""
-        order, crow, col = self._by_own
-        return _csr(crow, col, values[order], (self.rows, self.other_rows))
-
-    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
-        """The transpose, (other_rows, rows)."""
-        order, crow, col = self._by_other
-        return _csr(crow, col, values[order], (self.other_rows, self.rows))
-
-    def fold(self, block: torch.Tensor) -> torch.Tensor:
-        """A·block: (other_rows, c) -> (rows, c), each row the weighted sum over its neighbours."""
-        return self.A @ block
-
-    def unfold(self, grad: torch.Tensor) -> torch.Tensor:
-        """Aᵀ·grad: (rows, c) -> (other_rows, c)."""
-        return self.At @ grad
-
-
-def _layout(major, minor, rows, cols):
-    """CSR structure of the pairs (major, minor): (order of the pairs, crow indices, columns)."""
-    order = torch.argsort(major * cols + minor)
-    crow = torch.zeros(rows + 1, dtype=torch.int64, device=major.device)
-    crow[1:] = torch.cumsum(torch.bincount(major, minlength=rows), 0)
-    return order, crow, minor[order]
-
-
-def _csr(crow, col, values, size) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size)
 
 
 class _Sampler:
@@ -102,8 +49,8 @@ class _Sampler:
         self.mu = ratings.double().mean().item()
         self.target = ratings - self.mu
         self.g = generator
-        self.user = Side(users, items, n_users + 1, n_items + 1, factors + 1, width)
-        self.item = Side(items, users, n_items + 1, n_users + 1, factors, width)
+        self.user = Side(users, items, n_users + 1, n_items + 1, width + USER_ONE, width)
+        self.item = Side(items, users, n_items + 1, n_users + 1, width + ITEM_ONE, width)
         init = lambda n: torch.randn(n, width, generator=generator, device=device) * init_std  # noqa: E731
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
         self.Y = torch.zeros(n_items + 1, width, device=device) if implicit in ("user", "both") else None
@@ -216,11 +163,10 @@ def _implicit_draw(W: torch.Tensor, side: Side, S: torch.Tensor, residual: torch
     return x
 
 
-class Chain:
-    """The sampler as the trainer's epochs (see trainer._run_epochs): `step` runs one sweep and keeps
-    its sample after burn-in, `score` is the valid RMSE of the running posterior mean (of the current
-    sample during burn-in), `update`/`restore` remember the best number of kept samples and export
-    the posterior mean over them as the model."""
+class GibbsEngine:
+    """The sampler under the driver (`pipeline.training.driver`): one chain (K = 1), an epoch is a
+    sweep. Its valid RMSE is the running posterior mean's (the current sample's during burn-in);
+    its snapshot is the number of kept samples, and its model the posterior mean over them."""
 
     def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
                  generator) -> None:
@@ -228,44 +174,38 @@ class Chain:
         self.config, self.valid, self.rating_scale = config, valid, rating_scale
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
-        self.best_rmse, self.best_kept, self.since = math.inf, 0, 0
+        self.live = [0]
 
-    def step(self, sweep: int) -> float:
+    def epoch(self, sweep: int) -> list[float]:
         train_mse = float(self.sampler.sweep())  # one CPU-GPU sync point per sweep
         self.current = tuple(t.clone() for t in self.sampler.totals())
         self.keeping = sweep > self.config.burn_in
         if self.keeping:
             self.kept.append(self.current)
-        return train_mse
+        return [train_mse]
 
-    def score(self) -> float:
-        if not self.valid:
-            return math.nan
+    def valid_rmse(self) -> list[float]:
         U, V = self.current
         score = self.sampler.mu + (U[self.valid.users] * V[self.valid.items]).sum(1).double()
         if self.keeping:
             self.running += score
             score = self.running / len(self.kept)
-        err = score.clamp(*self.rating_scale) - self.valid.ratings.double()
-        return math.sqrt(err.square().mean().item())
+        return [clamped_error(score, self.valid.ratings.double(), self.rating_scale).square().mean().sqrt().item()]
 
-    def update(self, sweep: int, valid_rmse: float) -> int:
-        """Record the sweep; returns how many kept sweeps have passed without a better valid RMSE."""
-        if self.kept and valid_rmse < self.best_rmse:
-            self.best_rmse, self.best_kept, self.since = valid_rmse, len(self.kept), 0
-        elif self.kept:
-            self.since += 1
-        return self.since
+    def can_be_best(self, k: int, sweep: int) -> bool:
+        return sweep > self.config.burn_in
 
-    def restore(self, result) -> None:
-        """Fill `result` (a trainer.FitResult): the best sweep count and the exported model."""
-        kept, best_kept = self.kept, self.best_kept
-        if not kept:  # stopped during burn-in: the last sample stands alone
-            kept, best_kept = [self.current], 1
-        best_kept = best_kept or len(kept)
-        result.best_epoch = self.config.burn_in + best_kept if self.valid else len(result.history)
-        result.best_valid_rmse = self.best_rmse if self.valid and self.best_rmse < math.inf else math.nan
-        result.model = export(kept[:best_kept], self.config.factors, self.sampler.mu, self.rating_scale)
+    def snapshot(self, k: int) -> int:
+        return len(self.kept)
+
+    def model(self, k: int, snapshot: int | None) -> MatrixFactorization:
+        """The posterior mean over the first `snapshot` kept samples (None: all of them; stopped
+        during burn-in: the last sample alone)."""
+        samples = self.kept[:snapshot] if snapshot else self.kept or [self.current]
+        return export(samples, self.config.factors, self.sampler.mu, self.rating_scale)
+
+    def drop(self, leaving: list[int]) -> None:
+        self.live = [k for k in self.live if k not in leaving]
 
 
 @torch.no_grad()
@@ -283,8 +223,8 @@ def export(samples: list[tuple[torch.Tensor, torch.Tensor]], factors: int, mu: f
     width = P.shape[1]
     model = MatrixFactorization(U.shape[1] - 1, V.shape[1] - 1, width, mu, rating_scale).to(U.device)
     model.users[:, :width], model.items[:, :width] = P, Q
-    model.users[:, width] = U[:, :, factors].mean(0)
-    model.items[:, width + 1] = V[:, :, factors + 1].mean(0)
+    model.users[:, USER_BIAS] = U[:, :, USER_BIAS].mean(0)
+    model.items[:, ITEM_BIAS] = V[:, :, ITEM_BIAS].mean(0)
     model.restore_constants()
     return model
 
