@@ -6,6 +6,7 @@ The field docstrings are the help of `python -m pipeline.train`'s flags and of t
 from __future__ import annotations
 
 import math
+import typing
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -126,4 +127,6 @@ def _message(exc: ValidationError) -> str:
         return str(error["ctx"]["error"])
     if error["type"] == "extra_forbidden":
         return f"train config {key}: unknown key (expected one of {', '.join(TrainConfig.model_fields)})"
-    return f"train config {key}={error['input']!r}: {error['msg'].lower()}"
+    annotation = TrainConfig.model_fields[key].annotation  # a type error: name the field's types
+    kinds = typing.get_args(annotation) or (annotation,)
+    return f"train config {key}={error['input']!r}: expected {' or '.join('None' if k is type(None) else k.__name__ for k in kinds)}"

@@ -1,35 +1,24 @@
-"""YAML search space -> strict schema -> `trial.suggest_*`, with one translator.
-
-A file declares the data (dataset, split), the parameters of `TrainConfig` to search (int,
-float, categorical or fixed; a parameter may depend on the value of a categorical one, e.g. a
-learning-rate range per optimizer), epochs and early stopping, the sampler and pruner with their
-options, and the trial budget. Everything is checked when the file is loaded: a typo fails before
-any training, naming the file and the key.
-"""
+"""The search space's schema: strict pydantic models of a YAML file (data, parameters, budget,
+sampler, pruner), checked when loaded; a typo fails before any training, naming the key."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import warnings
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
 import torch
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
 from pipeline.training import TrainConfig
 
-__all__ = ["SEARCH_SPACES", "SearchSpace", "SpaceError", "default_space", "default_stack", "load_space", "space_corners",
-           "space_file", "suggest"]
+__all__ = ["SEARCHABLE", "CategoricalParam", "ConditionalParam", "Distribution", "FixedParam", "FloatParam", "IntParam",
+           "SearchSpace", "SpaceError", "default_space", "default_stack"]
 
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
 SEARCHABLE = tuple(name for name in TrainConfig.model_fields if name not in ("epochs", "patience"))
 
@@ -228,123 +217,3 @@ def default_stack(device: torch.device) -> int:
     """Trials per stack when neither the command nor the space says: 8 on cuda; 1 (off) on a CPU,
     where one trial at a time through the compiled loop is faster (bench/stack.py)."""
     return 8 if device.type == "cuda" else 1
-
-
-def space_file(path: str | Path) -> Path:
-    """A search-space path as given, or for a bare name (`quick`) `search_spaces/quick.yaml`."""
-    path = Path(path)
-    return path if path.suffix or path.exists() else SEARCH_SPACES / f"{path}.yaml"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last, silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a YAML search space (see `space_file` for the path)."""
-    path = space_file(path)
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except OSError as exc:
-        raise SpaceError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise SpaceError(f"{path}: not a text file (byte {exc.start} is not UTF-8): expected a YAML "
-                         "search space") from None
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{path}: expected a mapping of keys (dataset, params, ...), found {type(raw).__name__}")
-    if "name" in raw:
-        raise SpaceError(f"{path}: name: unknown key (the name is the file's stem)")
-    try:
-        space = SearchSpace(**raw, name=path.stem)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        # pydantic's location includes union members and tags ("tagged-union[...]", "int"): keep the keys.
-        where = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or (
-            p.isidentifier() and not p.endswith("Param") and p not in ("int", "float", "categorical", "fixed")))
-        value = f" (got {first['input']!r})" if first["type"] not in ("missing", "value_error") else ""
-        raise SpaceError(f"{path}: {where or 'top level'}: {first['msg']}{value}") from None
-    for what, make in (("sampler", lambda: space.make_sampler(0)), ("pruner", space.make_pruner)):
-        try:
-            make()
-        except (TypeError, ValueError) as exc:
-            raise SpaceError(f"{path}: {what}.options: {exc}") from None
-    _check_configs(space, path)
-    return space
-
-
-def _check_configs(space: SearchSpace, path: Path) -> None:
-    """Every corner of the space must make a valid TrainConfig (types, ranges, combinations such
-    as no weight decay with sparse_sgd): checked before any training."""
-    try:
-        for _ in space_corners(space):
-            pass
-    except ValueError as exc:
-        raise SpaceError(f"{path}: params: {exc}") from None
-
-
-def space_corners(space: SearchSpace):
-    """A TrainConfig for every combination of categorical choices, with every numeric parameter
-    at its low end and then at its high end: the configs that bound the space (sizes, memory)."""
-    plain = [(k, v) for k, v in _ordered(space) if isinstance(v, CategoricalParam)]
-    for choices in itertools.product(*(spec.choices for _, spec in plain)):
-        for end in ("low", "high"):
-            yield suggest(optuna.trial.FixedTrial(_corner(space, end, dict(zip([k for k, _ in plain], choices)))),
-                          space)
-
-
-def _corner(space: SearchSpace, end: str, chosen: dict) -> dict:
-    """Optuna values for FixedTrial: numeric parameters at `end`, categoricals from `chosen` (the
-    plain ones, by key) or their first choice (conditional ones)."""
-    values, keys = {}, {}
-    for key, spec in _ordered(space):
-        name = key
-        if isinstance(spec, ConditionalParam):
-            name, spec = _case(key, spec, keys)
-        if isinstance(spec, (IntParam, FloatParam)):
-            values[name] = keys[key] = getattr(spec, end)
-        elif isinstance(spec, CategoricalParam):
-            values[name] = keys[key] = chosen.get(key, spec.choices[0])
-        else:
-            keys[key] = spec.value
-    return values
-
-
-def _ordered(space: SearchSpace):
-    """Plain parameters first, so a conditional one finds the value it depends on."""
-    return sorted(space.params.items(), key=lambda kv: isinstance(kv[1], ConditionalParam))
-
-
-def _case(key: str, spec: ConditionalParam, values: dict) -> tuple[str, Distribution]:
-    # Each case has its own Optuna name (`lr.adam`): one name, one distribution, per study.
-    choice = str(values[spec.by])
-    return f"{key}.{choice}", spec.cases[choice]
-
-
-def suggest(trial: optuna.Trial, space: SearchSpace) -> TrainConfig:
-    """The one translator: ask the trial for every parameter of the space; return the config."""
-    values: dict[str, Any] = {}
-    for key, spec in _ordered(space):
-        name = key
-        if isinstance(spec, ConditionalParam):
-            name, spec = _case(key, spec, values)
-        if isinstance(spec, IntParam):
-            values[key] = trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
-        elif isinstance(spec, FloatParam):
-            values[key] = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
-        elif isinstance(spec, CategoricalParam):
-            values[key] = trial.suggest_categorical(name, spec.choices)
-        else:
-            values[key] = spec.value
-    return TrainConfig(**values, epochs=space.epochs, patience=space.patience)
-
