@@ -127,7 +127,22 @@ def split(
     user_ids = np.unique(frame["user_id"].to_numpy()[train_rows])
     item_ids = np.unique(frame["item_id"].to_numpy()[train_rows])
 
-    counts, parts = {}, {"valid": np.sort(valid_rows), "test": np.sort(test_rows)}
+    parts, counts = _cold(ratings, strategy, cold, user_ids, item_ids,
+                          {"valid": np.sort(valid_rows), "test": np.sort(test_rows)})
+    settings = {"strategy": strategy, "test": test, "valid": valid, "seed": seed, "cold": cold}
+    if strategy == "leave_last_k":
+        settings["k"] = k
+    blob = json.dumps({"data": ratings.fingerprint, **settings}, sort_keys=True)
+    return Split(ratings=ratings, train_rows=train_rows, valid_rows=parts["valid"], test_rows=parts["test"],
+                 user_ids=user_ids, item_ids=item_ids, settings=settings, cold=counts,
+                 fingerprint=hashlib.sha256(blob.encode()).hexdigest())
+
+
+def _cold(ratings: Ratings, strategy: str, cold: str, user_ids: np.ndarray, item_ids: np.ndarray,
+          parts: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each held-out part's count of cold rows (user or item unseen in train), and the parts
+    without them when cold='drop' (refusing a part that would be left empty)."""
+    frame, counts = ratings.frame, {}
     for name, rows in parts.items():
         unseen = (_encode(user_ids, frame["user_id"].to_numpy()[rows]) == len(user_ids)) | (
             _encode(item_ids, frame["item_id"].to_numpy()[rows]) == len(item_ids))
@@ -138,14 +153,7 @@ def split(
                 raise ValueError(f"{ratings.name}: split {strategy}: the {name} part would be empty: all {len(rows)} "
                                  "of its rows are cold (user or item unseen in train) and cold='drop' removes "
                                  "them; needs more data, or cold='keep'")
-
-    settings = {"strategy": strategy, "test": test, "valid": valid, "seed": seed, "cold": cold}
-    if strategy == "leave_last_k":
-        settings["k"] = k
-    blob = json.dumps({"data": ratings.fingerprint, **settings}, sort_keys=True)
-    return Split(ratings=ratings, train_rows=train_rows, valid_rows=parts["valid"], test_rows=parts["test"],
-                 user_ids=user_ids, item_ids=item_ids, settings=settings, cold=counts,
-                 fingerprint=hashlib.sha256(blob.encode()).hexdigest())
+    return parts, counts
 
 
 def _check(strategy: str, test: float, valid: float, k: int, cold: str) -> None:
