@@ -4,8 +4,9 @@
 
 For each optimizer and batch size (sparse_sgd at 64, 256, 1024; Adam at 512, 4096) and stack size
 K: K models (64 factors, rates spread as a search would spread them) trained by one `fit_stack`,
-against the same K trained by `fit` one after the other (on a CPU: sparse_sgd's compiled numba
-loop, torch's fused Adam; on cuda: stacks of one, their epochs CUDA graphs). Both
+against the same K trained by `fit` one after the other (stacks of one). On a CPU sparse_sgd runs
+the compiled engine either way (a stack of it is its models one after the other), Adam the tensor
+engine; on cuda every epoch is a CUDA graph. Both
 include everything a trial pays for training: the per-epoch permutations, the valid RMSE, the
 graph capture. Prints a table; writes DIR/stack-<device>.json (default DIR: bench/results).
 """
@@ -23,8 +24,7 @@ import torch
 from pipeline import ingest
 from pipeline.device import device_name, resolve_device
 from pipeline.split import split
-from pipeline.training import fit_stack
-from pipeline.training import TrainConfig, fit
+from pipeline.training import TrainConfig, fit, fit_stack
 
 
 CASES = [("sparse_sgd", 64), ("sparse_sgd", 256), ("sparse_sgd", 1024), ("adam", 512), ("adam", 4096)]
