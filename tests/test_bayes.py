@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.training import gibbs as bayes
 from pipeline.evaluate import evaluate
 from pipeline.model import RawIdScorer
 from pipeline.training import IMPLICIT, TrainConfig, fit, refit
+from pipeline.training import gibbs as bayes
 
 
 def _config(**changes):
