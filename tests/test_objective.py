@@ -1,7 +1,8 @@
-"""The trial function and its rules without storage or MLflow: a FixedTrial, a recording tracker,
-and the study cap on hand-made trials."""
+"""One trial's steps (begin, fit, close) and its rules without storage or MLflow: a FixedTrial, a
+recording tracker, the one outcome mapping, and the study cap on hand-made trials."""
 
 import math
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -9,11 +10,12 @@ import torch
 from optuna.trial import FixedTrial, TrialState, create_trial
 
 from pipeline.evaluate import baselines
-from pipeline.search.objective import Objective, OverCap, tracked
+from pipeline.search.batch import ask_batch, run_batch
+from pipeline.search.objective import Objective, OverCap, ending
 from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.tracking import TrackingError
-from pipeline.training import TrainConfig, TrainingDiverged
+from pipeline.training import TrainingDiverged
 
 PARAMS = {"optimizer": "sparse_sgd", "factors": 8, "lr.sparse_sgd": 0.02, "l2": 0.05, "batch_size": 256}
 
@@ -48,22 +50,33 @@ def _objective(split, tracker=None, cap=None):
                      device=torch.device("cpu"), seed=0, tracker=tracker, study_name="s", cap=cap)
 
 
+def _run(objective, trial):
+    """One trial alone, begin -> fit -> close, as a batch of one runs it; returns its ending and value."""
+    config, run = objective.begin(trial)
+    try:
+        outcome = objective.fit(trial, config, run)
+    except Exception as exc:  # noqa: BLE001
+        outcome = exc
+    return objective.close(trial, run, outcome)
+
+
 def test_a_fixed_trial_trains_reports_and_records_its_config(small_split):
     trial = FixedTrial(PARAMS)
-    value = _objective(small_split)(trial)
+    end, value = _run(_objective(small_split), trial)
+    assert end.state == TrialState.COMPLETE
     biases = baselines(small_split.part("train"), small_split.part("valid"), **small_split.dims)["biases_only"]
     assert value < biases.rmse - 0.1
     assert trial.user_attrs["config"]["factors"] == 8 and trial.user_attrs["config"]["optimizer"] == "sparse_sgd"
     assert 1 <= trial.user_attrs["best_epoch"] <= 8
-    assert _objective(small_split)(FixedTrial(PARAMS)) == value  # same trial number, same seed, same value
-    assert _objective(small_split)(FixedTrial(PARAMS, number=1)) != value
+    assert _run(_objective(small_split), FixedTrial(PARAMS))[1] == value  # same trial number, same seed, same value
+    assert _run(_objective(small_split), FixedTrial(PARAMS, number=1))[1] != value
 
 
 def test_the_reference_trial_is_the_d2l_configuration(small_split):
     trial = FixedTrial({})
     trial.set_user_attr("reference", "d2l")
     tracker = RecordingTracker()
-    assert math.isfinite(_objective(small_split, tracker)(trial))
+    assert math.isfinite(_run(_objective(small_split, tracker), trial)[1])
     number, params, _ = tracker.started[0]
     assert (params["factors"], params["optimizer"], params["lr"], params["batch_size"], params["epochs"]) == (
         30, "adam", 0.002, 512, 20)  # the tutorial's, whatever the space
@@ -73,32 +86,49 @@ def test_the_reference_trial_is_the_d2l_configuration(small_split):
     assert run.final["best_valid_rmse"] == pytest.approx(min(v["valid_rmse"] for _, v in run.epochs))
 
 
-@pytest.mark.parametrize("error,status,state,note", [
-    (optuna.TrialPruned("pruned at epoch 3"), "FINISHED", "PRUNED", "Pruned: pruned at epoch 3"),
-    (TrainingDiverged(2, float("nan")), "FAILED", "FAIL", "Failed: training diverged at epoch 2"),
-    (KeyboardInterrupt(), "KILLED", "FAIL", "Interrupted"),
-    (ZeroDivisionError("a bug"), "FAILED", "FAIL", "Failed: ZeroDivisionError('a bug')"),
+@pytest.mark.parametrize("outcome,state,status,note,fatal", [
+    (None, TrialState.COMPLETE, "FINISHED", "", False),
+    (optuna.TrialPruned("pruned at epoch 3"), TrialState.PRUNED, "FINISHED", "Pruned: pruned at epoch 3", False),
+    (TrainingDiverged(2, float("nan")), TrialState.FAIL, "FAILED", "Failed: training diverged at epoch 2", False),
+    (TrackingError("store went away"), TrialState.FAIL, "FAILED", "Failed: store went away", False),
+    (OverCap("over the study's cap"), TrialState.FAIL, "FAILED", "Failed: over the study's cap", False),
+    (KeyboardInterrupt(), TrialState.FAIL, "KILLED", "Interrupted (Ctrl-C or SIGTERM)", True),
+    (ZeroDivisionError("a bug"), TrialState.FAIL, "FAILED", "Failed: ZeroDivisionError('a bug')", True),
 ])
-def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error, status, state, note):
-    trial, tracker = FixedTrial({}), RecordingTracker()
-    with pytest.raises(type(error)):
-        with tracked(trial, tracker, "s") as life:
-            life.start(TrainConfig())
-            raise error
-    assert len(tracker.run.ended) == 1
-    ended_status, tags = tracker.run.ended[0]
-    assert (ended_status, tags["optuna.state"]) == (status, state)
-    assert tags["mlflow.note.content"].startswith(note)  # the run's description in mlflow ui says why
-    if state == "FAIL":
-        assert trial.user_attrs["fail_reason"] and tags["fail_reason"] == trial.user_attrs["fail_reason"]
+def test_the_one_mapping_from_how_a_trial_ended_to_what_is_recorded(outcome, state, status, note, fatal):
+    end = ending(outcome)
+    assert (end.state, end.status, end.fatal) == (state, status, fatal)
+    assert end.description.startswith(note) and bool(end.description) == bool(note)
+    assert (end.reason is None) == (state != TrialState.FAIL)  # only a failure has a reason
+    tags = end.tags()
+    assert tags["optuna.state"] == state.name and tags.get("fail_reason") == end.reason
+    assert tags.get("mlflow.note.content", "") == end.description  # the run's description in mlflow ui says why
+
+
+@pytest.mark.parametrize("error", [optuna.TrialPruned("pruned at epoch 3"), TrainingDiverged(2, float("nan")),
+                                   KeyboardInterrupt(), ZeroDivisionError("a bug")])
+def test_the_run_ends_once_with_the_status_of_how_the_trial_ended(error):
+    trial, tracker = FixedTrial(PARAMS), RecordingTracker()
+    objective = Objective(load_space("quick"), _NoData(), _NoData(), {}, device=torch.device("cpu"), seed=0,
+                          tracker=tracker, study_name="s")
+    config, run = objective.begin(trial)
+    end, value = objective.close(trial, run, error)
+    assert value is None and end == ending(error)
+    assert tracker.run.ended == [(end.status, end.tags())]
+    assert trial.user_attrs.get("fail_reason") == end.reason
 
 
 def test_a_result_that_cannot_be_recorded_fails_the_trial(small_split):
     trial, tracker = FixedTrial(PARAMS), RecordingTracker(fail_on_end=True)
-    with pytest.raises(TrackingError):
-        _objective(small_split, tracker)(trial)
+    end, value = _run(_objective(small_split, tracker), trial)
+    assert (end.state, end.status, value) == (TrialState.FAIL, "FAILED", None)
     assert [s for s, _ in tracker.run.ended] == ["FINISHED", "FAILED"]
     assert "store went away" in trial.user_attrs["fail_reason"]
+
+
+class _NoData:
+    def to(self, device):
+        return self
 
 
 def _trials(*states):
@@ -127,8 +157,10 @@ def test_an_over_cap_trial_fails_before_any_run_starts(small_split):
     study = optuna.create_study()
     for _ in range(2):
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, params={}, distributions={}))
-    tracker = RecordingTracker()
-    study.optimize(_objective(small_split, tracker, cap=Cap(2)), n_trials=1, catch=(OverCap,))
+    tracker, shared = RecordingTracker(), SimpleNamespace(study=study, heartbeat=False)
+    trials = ask_batch(shared, Cap(2), 4)  # the caller asks only when the cap says run: at least one
+    assert len(trials) == 1
+    run_batch(shared, _objective(small_split, tracker, cap=Cap(2)), trials, [])
     last = study.trials[-1]
     assert last.state == TrialState.FAIL and "over the study's cap" in last.user_attrs["fail_reason"]
     assert tracker.started == []

@@ -1,10 +1,15 @@
-"""Trials asked together and trained in stacks: Optuna's ask/tell around `pipeline.stack`.
+"""The one way a trial runs: Optuna's ask/tell, a batch at a time (a batch of one where nothing
+stacks).
 
-Each trial of a batch is what `Objective.__call__` makes of it (worker, cap check, config, its
-own MLflow child run, per-epoch reports, pruning, the same run states); trials whose configs
-share a `stack_key` train as one stack, the others one by one. Every trial is told exactly once,
-also when Ctrl-C or a bug stops the batch, and its trials beat while they run, so a storage with
-a heartbeat can fail and retry them if this process dies.
+`ask_batch` asks up to K trials (queued ones first, no more than the cap's free slots) and marks
+them with this process. `run_batch` begins each (`Objective.begin`: cap check, config, its own
+MLflow child run), trains those whose configs share a `stack_key` as one stack (`fit_stack`) and
+the others alone (`Objective.fit`), closes each run and tells each trial exactly once with the
+state `objective.ending` maps its outcome to, then calls the per-trial callbacks with the told
+trial, as `study.optimize` does. Ctrl-C or an error outside a trial (the storage) closes and
+tells every trial still open before it propagates; a bug in one trial is raised once the whole
+batch is told. One thread beats for the batch's open trials while it runs, where the storage
+has a heartbeat, so a dead process's trials go stale and are failed and retried elsewhere.
 """
 
 from __future__ import annotations
@@ -17,13 +22,12 @@ from collections.abc import Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.objective import EXPECTED_FAILURES, Objective, TrialLifecycle, reporter, trial_seed
+from pipeline.search.objective import NO_RUN, Objective, ending, reporter, trial_seed
 from pipeline.search.study import Cap, SharedStudy, this_process
 from pipeline.training import fit_stack, stack_key
-from pipeline.tracking import TrackingError
 from pipeline.training import FitResult
 
-__all__ = ["ask_batch", "run_batch"]
+__all__ = ["Callback", "ask_batch", "run_batch"]
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -41,54 +45,51 @@ def ask_batch(shared: SharedStudy, cap: Cap, size: int) -> list[optuna.Trial]:
 
 
 def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Trial], callbacks: list[Callback]) -> None:
-    """Train and tell `trials`. Expected failures (see EXPECTED_FAILURES), pruning and divergence
-    end one trial; anything else is raised once every trial of the batch is told."""
-    lives = {t.number: TrialLifecycle(t, objective.tracker, objective.study_name) for t in trials}
+    """Train and tell `trials`. Pruning and expected failures (divergence, tracking, over the cap)
+    end one trial; a bug is raised once every trial of the batch is told."""
+    runs: dict[int, object] = {}
+    closed: set[int] = set()  # runs ended
     told: set[int] = set()
-    errors: list[BaseException] = []
+    fatal: list[BaseException] = []
 
-    def settle(trial: optuna.Trial, run, outcome: FitResult | BaseException) -> None:
-        life, value = lives[trial.number], None
-        if isinstance(outcome, FitResult):
-            try:
-                value = objective.record(trial, run, outcome)
-                life.end(None)
-            except TrackingError as exc:  # trained, but not recorded: a failure
-                outcome, value = exc, None
-        if isinstance(outcome, BaseException):
-            life.end(outcome)
-            if not isinstance(outcome, (optuna.TrialPruned, *EXPECTED_FAILURES)):
-                errors.append(outcome)
-        state = (TrialState.COMPLETE if value is not None else
-                 TrialState.PRUNED if isinstance(outcome, optuna.TrialPruned) else TrialState.FAIL)
-        frozen = shared.study.tell(trial, value, state=state)
+    def settle(trial: optuna.Trial, outcome: FitResult | BaseException) -> None:
+        end, value = objective.close(trial, runs.get(trial.number, NO_RUN), outcome)
+        closed.add(trial.number)
+        if end.fatal:
+            fatal.append(outcome)
+        frozen = shared.study.tell(trial, value, state=end.state)
         told.add(trial.number)
         for callback in callbacks:
             callback(shared.study, frozen)
 
     try:
-        with _beating(shared, trials):
-            groups: dict[object, list] = defaultdict(list)
-            for trial in trials:
-                try:
-                    config, run = objective.begin(trial, lives[trial.number])
-                except Exception as exc:  # noqa: BLE001 - over the cap, a tracking outage: this trial's end
-                    settle(trial, None, exc)
-                    continue
-                key = stack_key(config)
-                groups[key if key is not None else ("alone", trial.number)].append((trial, config, run))
-            for members in groups.values():
-                for (trial, _, run), outcome in zip(members, _train(objective, members)):
-                    settle(trial, run, outcome)
+        with _beating(shared, trials, told):
+            for members in _begin(objective, trials, runs, settle):
+                for (trial, _, _), outcome in zip(members, _train(objective, members)):
+                    settle(trial, outcome)
     except BaseException as exc:  # Ctrl-C, or a storage error: close what is still open
         for trial in trials:
             if trial.number not in told:
-                with contextlib.suppress(Exception):  # the storage may be what failed: keep `exc`
-                    lives[trial.number].end(exc)
-                    shared.study.tell(trial, state=TrialState.FAIL)
+                run = None if trial.number in closed else runs.get(trial.number, NO_RUN)
+                _abandon(shared, objective, trial, run, exc)
         raise
-    if errors:
-        raise errors[0]
+    if fatal:
+        raise fatal[0]
+
+
+def _begin(objective: Objective, trials: list[optuna.Trial], runs: dict, settle) -> list[list]:
+    """Begin every trial and group them by stack key, in order; a trial that cannot begin (over
+    the cap, a tracking outage) is settled here."""
+    groups: dict[object, list] = defaultdict(list)
+    for trial in trials:
+        try:
+            config, runs[trial.number] = objective.begin(trial)
+        except Exception as exc:  # noqa: BLE001 - this trial's end; `ending` says whether it is fatal
+            settle(trial, exc)
+            continue
+        key = stack_key(config)
+        groups[key if key is not None else ("alone", trial.number)].append((trial, config, runs[trial.number]))
+    return list(groups.values())
 
 
 def _train(objective: Objective, members: list) -> list[FitResult | Exception]:
@@ -107,22 +108,34 @@ def _train(objective: Objective, members: list) -> list[FitResult | Exception]:
         return [exc]
 
 
+def _abandon(shared: SharedStudy, objective: Objective, trial: optuna.Trial, run, exc: BaseException) -> None:
+    """Close (unless its run is ended already: run None) and tell a trial the batch could not
+    finish; the storage may be what failed, so each step is tried on its own and `exc` stays the
+    error that propagates."""
+    if run is not None:
+        with contextlib.suppress(Exception):
+            objective.close(trial, run, exc)
+    with contextlib.suppress(Exception):
+        shared.study.tell(trial, state=ending(exc).state)
+
+
 @contextlib.contextmanager
-def _beating(shared: SharedStudy, trials: list[optuna.Trial]) -> Iterator[None]:
-    """Record the trials' heartbeats while the batch runs (what `study.optimize` does for its one
-    trial), where the storage has a heartbeat."""
+def _beating(shared: SharedStudy, trials: list[optuna.Trial], told: set[int]) -> Iterator[None]:
+    """Record the heartbeat of the trials not yet told, every heartbeat interval while the batch
+    runs (one thread per batch: what `study.optimize` does per trial), where the storage has one."""
     if not shared.heartbeat:
         yield
         return
     storage, stop = shared.storage, threading.Event()
     study_id = storage.get_study_id_from_name(shared.name)
-    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+    ids = {t.number: storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials}
 
     def beat() -> None:
         with contextlib.suppress(Exception):  # a storage gone away: the trials go stale, as they should
             while not stop.is_set():
-                for trial_id in ids:
-                    storage.record_heartbeat(trial_id)
+                for number, trial_id in ids.items():
+                    if number not in told:
+                        storage.record_heartbeat(trial_id)
                 stop.wait(storage.get_heartbeat_interval())
 
     thread = threading.Thread(target=beat, name="beat-trials", daemon=True)

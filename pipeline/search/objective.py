@@ -1,23 +1,27 @@
-"""One trial: its config, its MLflow child run, its training, reported per epoch and prunable."""
+"""One trial: its config, its MLflow child run, its training reported per epoch and prunable, and
+the one rule (`ending`) that maps how it ended to its Optuna state and its run's status.
+
+Trials are asked, trained and told by `pipeline.search.batch` (ask/tell, the one way a trial
+runs); this module touches a trial only through the `optuna.Trial` it is given."""
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from pipeline.search.interrupt import raise_if_interrupted
-from pipeline.search.study import Cap, this_process
+from pipeline.search.study import Cap
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
 from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit
 
-__all__ = ["EXPECTED_FAILURES", "Objective", "OverCap", "TrialLifecycle", "reporter", "trial_seed", "tracked"]
+__all__ = ["EXPECTED_FAILURES", "NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
 
 
 class OverCap(RuntimeError):
@@ -25,17 +29,60 @@ class OverCap(RuntimeError):
 
 
 # A trial that fails for one of these is recorded FAIL with its reason and the study goes on;
-# anything else (a bug, Ctrl-C) stops the worker, after the trial's run is closed.
+# anything else (a bug, Ctrl-C) stops the worker, after every trial of its batch is closed.
 EXPECTED_FAILURES = (TrainingDiverged, TrackingError, OverCap)
 NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
+INTERRUPTED = "Interrupted (Ctrl-C or SIGTERM); rerun the search to resume"
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     return (study_seed * 1_000_003 + trial_number) % 2**31
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a trial ended, as Optuna and MLflow record it.
+
+    state: told to Optuna. status: the MLflow run's. description: the run's in `mlflow ui`.
+    reason: why it failed (user attr and run tag `fail_reason`), None unless FAIL.
+    fatal: a bug or an interrupt, raised once every trial of the batch is told."""
+
+    state: TrialState
+    status: str
+    description: str = ""
+    reason: str | None = None
+    fatal: bool = False
+
+    def tags(self) -> dict[str, str]:
+        tags = {"optuna.state": self.state.name}
+        if self.reason is not None:
+            tags["fail_reason"] = self.reason
+        if self.description:
+            tags[NOTE] = self.description
+        return tags
+
+
+def ending(outcome: BaseException | None) -> Ending:
+    """The one mapping from how a trial ended (None: it completed) to what is recorded:
+    complete -> COMPLETE, FINISHED; pruned -> PRUNED, FINISHED too (stopping early is the pruner
+    working, not a fault); an expected failure (diverged, tracking, over the cap) -> FAIL, FAILED,
+    and the study goes on; Ctrl-C or SIGTERM -> FAIL, KILLED; anything else (a bug) -> FAIL,
+    FAILED. The last two are fatal: they stop the worker. So red in `mlflow ui` means something
+    went wrong, and an interrupted trial is not the study's failure (a rerun reaches the cap)."""
+    if outcome is None:
+        return Ending(TrialState.COMPLETE, "FINISHED")
+    if isinstance(outcome, optuna.TrialPruned):
+        return Ending(TrialState.PRUNED, "FINISHED", f"Pruned: {outcome}")
+    if isinstance(outcome, EXPECTED_FAILURES):
+        return Ending(TrialState.FAIL, "FAILED", f"Failed: {outcome}", str(outcome))
+    reason = repr(outcome)[:500]
+    if isinstance(outcome, KeyboardInterrupt):
+        return Ending(TrialState.FAIL, "KILLED", INTERRUPTED, reason, fatal=True)
+    return Ending(TrialState.FAIL, "FAILED", f"Failed: {reason}", reason, fatal=True)
+
+
 class _NoRun:
-    """Stands in for a TrialRun when tracking is off (benchmarks, unit tests)."""
+    """Stands in for a TrialRun when tracking is off (benchmarks, unit tests) or not yet started."""
 
     run_id = None
 
@@ -49,66 +96,15 @@ class _NoRun:
         pass
 
 
-class TrialLifecycle:
-    """A trial's MLflow run from start to end; its status set once, by how the trial ended:
-    COMPLETE -> FINISHED, PRUNED -> FINISHED too (stopping early is the pruner working, not a
-    fault; the tag optuna.state and the run's description say so), an expected failure -> FAILED
-    (reason kept on the trial and the run), Ctrl-C -> KILLED, anything else -> FAILED. So red in
-    `mlflow ui` means something went wrong. `run` is a no-op until `start`."""
-
-    def __init__(self, trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> None:
-        self.trial, self.tracker, self.study_name = trial, tracker, study_name
-        self.run: TrialRun | _NoRun = _NoRun()
-
-    def start(self, config: TrainConfig) -> TrialRun | _NoRun:
-        # As trained: l2_bias resolved, no 'None' cells (patience off is no patience column).
-        params = {k: v for k, v in config.to_dict().items() if v is not None}
-        params["l2_bias"] = config.l2 if config.l2_bias is None else config.l2_bias
-        params["trial_number"] = self.trial.number
-        if self.tracker is not None:
-            self.run = self.tracker.start_trial(self.trial.number, params, self.study_name)
-            self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
-        return self.run
-
-    def end(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self.run.end("FINISHED", tags={"optuna.state": "COMPLETE"})
-        elif isinstance(exc, optuna.TrialPruned):
-            self.run.end("FINISHED", tags={"optuna.state": "PRUNED", NOTE: f"Pruned: {exc}"})
-        else:
-            reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else repr(exc)[:500]
-            self.trial.set_user_attr("fail_reason", reason)
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            note = "Interrupted (Ctrl-C or SIGTERM); rerun the search to resume" if interrupted else f"Failed: {reason}"
-            try:  # a tracking error while closing must not hide the trial's own error
-                self.run.end("KILLED" if interrupted else "FAILED",
-                             tags={"optuna.state": "FAIL", "fail_reason": reason, NOTE: note})
-            except TrackingError as closing:
-                print(f"warning: could not close MLflow run {self.run.run_id}: {closing}", file=sys.stderr)
-
-
-@contextmanager
-def tracked(trial: optuna.Trial, tracker: Tracker | None, study_name: str) -> Iterator[TrialLifecycle]:
-    """`with tracked(trial, ...) as life: run = life.start(config); ...`: the run ends with the
-    status that matches how the block ended, exactly once, and the exception goes on."""
-    life = TrialLifecycle(trial, tracker, study_name)
-    try:
-        yield life
-    except BaseException as exc:
-        life.end(exc)
-        raise
-    try:
-        life.end(None)
-    except TrackingError as exc:  # the trial trained but its result is not recorded: a failure
-        life.end(exc)
-        raise
+NO_RUN = _NoRun()
 
 
 class Objective:
-    """Built once with the data on the device; called by Optuna once per trial.
+    """Built once per process with the data on the device; a trial goes `begin` -> `fit` (or a
+    stack of trials, in batch) -> `close`.
 
     train, valid: encoded rows (moved to `device` here, once). dims: `Split.dims`.
-    cap: the study-wide cap (None: Optuna's n_trials is the only limit)."""
+    cap: the study-wide cap (None: no cap check at the trial's start)."""
 
     def __init__(self, space: SearchSpace, train: Interactions, valid: Interactions, dims: dict, *,
                  device: torch.device, seed: int, tracker: Tracker | None, study_name: str,
@@ -121,25 +117,26 @@ class Objective:
             return TrainConfig()
         return suggest(trial, self.space)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        with tracked(trial, self.tracker, self.study_name) as life:
-            config, run = self.begin(trial, life)
-            result = self.fit(trial, config, run)
-            return self.record(trial, run, result)
+    def begin(self, trial: optuna.Trial) -> tuple[TrainConfig, TrialRun | _NoRun]:
+        """Check the cap, draw the trial's config, start its run."""
+        if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
+            raise OverCap("over the study's cap: another worker took the last slot")
+        config = self.config(trial)
+        trial.set_user_attr("config", config.to_dict())
+        if self.tracker is None:
+            return config, NO_RUN
+        # As trained: l2_bias resolved, no 'None' cells (patience off is no patience column).
+        params = {k: v for k, v in config.to_dict().items() if v is not None}
+        params["l2_bias"] = config.l2 if config.l2_bias is None else config.l2_bias
+        params["trial_number"] = trial.number
+        run = self.tracker.start_trial(trial.number, params, self.study_name)
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        return config, run
 
     def fit(self, trial: optuna.Trial, config: TrainConfig, run: TrialRun | _NoRun) -> FitResult:
         """The trial's model alone, reported and prunable epoch by epoch."""
         return fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number), device=self.device,
                    callback=reporter(trial, run), **self.dims)
-
-    def begin(self, trial: optuna.Trial, life: TrialLifecycle) -> tuple[TrainConfig, TrialRun | _NoRun]:
-        """Claim the trial for this process, check the cap, draw its config, start its run."""
-        trial.set_user_attr("worker", this_process())  # a rerun on this machine can tell it died
-        if self.cap and not self.cap.admits(trial.number, trial.study.get_trials(deepcopy=False)):
-            raise OverCap("over the study's cap: another worker took the last slot")
-        config = self.config(trial)
-        trial.set_user_attr("config", config.to_dict())
-        return config, life.start(config)
 
     def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
         """Log a trained trial's outcome; returns its objective value, the best valid RMSE."""
@@ -148,6 +145,26 @@ class Objective:
                 epochs_run=len(result.history), train_seconds=result.train_seconds,
                 examples_per_second=result.examples_per_second)
         return result.best_valid_rmse
+
+    def close(self, trial: optuna.Trial, run: TrialRun | _NoRun,
+              outcome: FitResult | BaseException) -> tuple[Ending, float | None]:
+        """End the trial's run once, with the status `ending` gives its outcome (a result that
+        cannot be recorded fails the trial); returns the ending and the value to tell."""
+        if isinstance(outcome, FitResult):
+            try:
+                value = self.record(trial, run, outcome)
+                run.end("FINISHED", tags=ending(None).tags())
+                return ending(None), value
+            except TrackingError as exc:  # trained, but not recorded: a failure
+                outcome = exc
+        end = ending(outcome)
+        if end.reason is not None:
+            trial.set_user_attr("fail_reason", end.reason)
+        try:  # a tracking error while closing must not hide how the trial ended
+            run.end(end.status, tags=end.tags())
+        except TrackingError as closing:
+            print(f"warning: could not close MLflow run {run.run_id}: {closing}", file=sys.stderr)
+        return end, None
 
 
 def reporter(trial: optuna.Trial, run: TrialRun | _NoRun):

@@ -19,8 +19,9 @@ def start_line(study_name: str, ratings, data, device, cap: int, workers: int, t
 
 
 class Progress:
-    """Optuna callback: one line per trial (a redrawn bar on a terminal): done/total, best so far,
-    elapsed, ETA. `done`: finished trials when this process started."""
+    """Per-trial callback (`batch.run_batch` calls it with each trial it tells, as Optuna's
+    `optimize` calls its callbacks): one line per trial (a redrawn bar on a terminal): done/total,
+    best so far, elapsed, ETA. `done`: finished trials when this process started."""
 
     def __init__(self, total: int, done: int, quiet: bool) -> None:
         self.total, self.start_done, self.quiet = total, done, quiet

@@ -14,7 +14,6 @@ import optuna
 
 from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted, received
-from pipeline.search.objective import EXPECTED_FAILURES
 from pipeline.search.options import SearchOptions
 from pipeline.search.report import Progress
 from pipeline.search.session import Session, prepare
@@ -30,10 +29,11 @@ def quiet_libraries() -> None:
 
 def run_trials(session: Session, *, quiet: bool) -> int:
     """Run trials until the study's cap says stop, counting every worker's; returns how many this
-    process ran. One trial per `optimize` call (or one batch of `session.stack` trials, asked
-    together), so the cap is checked before each, and a worker that finds the others' running
-    trials fill the cap waits for them where a heartbeat can still fail them (a dead worker's
-    trial is then retried)."""
+    process ran. One batch of up to `session.stack` trials at a time, asked together (a batch of
+    one on a CPU by default), so the cap is checked before each, and a worker that finds the
+    others' running trials fill the cap waits for them where a heartbeat can still fail them
+    (stale trials are failed, and retried by the storage's callback, before each batch, as
+    `study.optimize` does before each trial)."""
     study, cap, shared = session.study, session.cap, session.shared
     objective = session.objective()
     progress = Progress(cap.n, cap.finished(study.get_trials(deepcopy=False)), quiet)
@@ -45,20 +45,18 @@ def run_trials(session: Session, *, quiet: bool) -> int:
             while deadline is None or time.monotonic() < deadline:
                 raise_if_interrupted()
                 if shared.heartbeat:
-                    optuna.storages.fail_stale_trials(study)
+                    with warnings.catch_warnings():  # experimental in Optuna, and what optimize calls
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
                 step = cap.next_step(study.get_trials(deepcopy=False), shared.heartbeat)
                 if step == "stop":
                     break
                 if step == "wait":
                     time.sleep(1.0)
                     continue
-                if session.stack > 1:  # trials asked together, trained in stacks where they can be
-                    batch = ask_batch(shared, cap, session.stack)
-                    run_batch(shared, objective, batch, [progress])
-                    ran += len(batch)
-                else:
-                    study.optimize(objective, n_trials=1, catch=EXPECTED_FAILURES, callbacks=[progress])
-                    ran += 1
+                batch = ask_batch(shared, cap, session.stack)  # trained in stacks where they can be
+                run_batch(shared, objective, batch, [progress])
+                ran += len(batch)
     finally:
         progress.close()
     return ran
