@@ -24,8 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.search.objective import NO_RUN, Objective, ending, reporter, trial_seed
 from pipeline.search.study import Cap, SharedStudy, this_process
-from pipeline.training import fit_stack, stack_key
-from pipeline.training import FitResult
+from pipeline.training import FitResult, fit_stack, stack_key
 
 __all__ = ["Callback", "ask_batch", "run_batch"]
 
