@@ -10,7 +10,7 @@ import json
 import sys
 
 from pipeline.bundle import load_bundle
-from pipeline.tracking import TrackingError
+from pipeline.tracking import TrackingError, configure_mlflow
 
 __all__ = ["main"]
 
@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p = model_arguments(__doc__.splitlines()[0], "python -m pipeline.predict")
     p.add_argument("--item", required=True, help="raw item id")
     args = p.parse_args(argv)
+    configure_mlflow(args.tracking_uri)  # the command's one MLflow set-up
     try:
-        bundle = load_bundle(args.model, args.tracking_uri)
+        bundle = load_bundle(args.model)
         user, item = bundle.parse_id(args.user, "--user"), bundle.parse_id(args.item, "--item")
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.bundle import load_bundle
 from pipeline.predict import model_arguments
-from pipeline.tracking import TrackingError
+from pipeline.tracking import TrackingError, configure_mlflow
 
 __all__ = ["main", "top_unseen"]
 
@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.top < 1:
         p.error(f"--top {args.top}: expected >= 1")
+    configure_mlflow(args.tracking_uri)  # the command's one MLflow set-up
     try:
-        bundle = load_bundle(args.model, args.tracking_uri)
+        bundle = load_bundle(args.model)
         user = bundle.parse_id(args.user, "--user")
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,16 +1,15 @@
-"""Everything that talks to MLflow: the study's parent run, one child run per trial, artifacts,
-the logged model and the registry.
+"""Everything that talks to MLflow about runs: the study's parent run, one child run per trial,
+their artifacts; the logged model and the registry through `pipeline.registry`.
 
 Runs are addressed by id through `MlflowClient` (never the fluent active-run stack, which is
-thread-local and loses children under `n_jobs` or several workers). Learning curves are buffered
-and written with one `log_batch` per flush: a call per metric costs ~2.5 ms on SQLite, which is
+thread-local and loses children under `n_jobs` or several workers); a `Tracker` changes nothing
+process-wide: `configure_mlflow` does that, once at the start of each command. Learning curves are
+buffered and written with one `log_batch` per flush: a call per metric costs ~2.5 ms on SQLite,
 more than an epoch of ml-100k.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -25,6 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from pipeline.registry import Registry
+from pipeline.trials_view import view_link, view_tags
 from pipeline.urls import masked
 
 __all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported", "resolve_tracking_uri"]
@@ -43,18 +44,20 @@ def resolve_tracking_uri(flag: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
-def configure_mlflow(tracking_uri: str | None) -> None:
-    """The one MLflow set-up of every command: quiet logging, no download bars, bounded HTTP retries
-    (~30 s: 1+2+4+8+16, then the trial fails with the reason, instead of MLflow's minutes), and the
-    fluent API (log_model, download_artifacts) pointed at `tracking_uri` for tracking and registry."""
+def configure_mlflow(tracking_uri: str | None = None) -> str:
+    """The one MLflow set-up of a command, called once at its start; returns the resolved URI
+    (see `resolve_tracking_uri`). Quiet logging, no download bars, bounded HTTP retries (~30 s:
+    1+2+4+8+16, then the trial fails with the reason, instead of MLflow's minutes), and the fluent
+    API (`mlflow.pyfunc.load_model` and the like) pointed at the URI for tracking and registry."""
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     # MLflow's INFO chatter (table creation, "Created version"): our own summary says what happened.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     for key, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5"),
                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return tracking_uri
 
 
 def _now_ms() -> int:
@@ -89,7 +92,8 @@ class TrialRun:
         self._last_flush = time.monotonic()
 
     def end(self, status: str, tags: dict[str, str] | None = None) -> None:
-        """status: FINISHED (complete), KILLED (pruned or interrupted), FAILED."""
+        """status: FINISHED (complete, or pruned: the `optuna.state` tag says which), KILLED
+        (interrupted), FAILED."""
         tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         with reported(self.client.tracking_uri):
             self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
@@ -125,8 +129,8 @@ class Tracker:
     def connect(cls, tracking_uri: str, experiment: str, wait: float = 0.0) -> Tracker:
         """Check the server (or create the database: once, before any worker starts, because
         concurrent first-time migrations race) and get or create the experiment. `wait`: seconds
-        to keep trying a server that does not answer (a worker joining during an outage)."""
-        configure_mlflow(tracking_uri)
+        to keep trying a server that does not answer (a worker joining during an outage).
+        Changes nothing process-wide (see `configure_mlflow`)."""
         if tracking_uri.startswith(("http://", "https://")):
             _wait_for_server(tracking_uri, wait)
         with _sqlite_lock(tracking_uri), reported(tracking_uri, f"opening experiment {experiment!r}"):
@@ -167,25 +171,14 @@ class Tracker:
         return True
 
     def share_trials_view(self, study_name: str, params: list[str]) -> None:
-        """Save the study's comparison view in the experiment, as `mlflow ui`'s "share view" does
-        (tag mlflow.sharedViewState.<key>: plain JSON of the runs table's state): the study's
-        trials only, best valid RMSE first, with the state, that metric and `params` as columns.
-        Also marks the experiment as model training (what MLflow reads for its default view)."""
-        state = {
-            "searchFilter": f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-            "orderByKey": "metrics.`best_valid_rmse`", "orderByAsc": True,
-            "selectedColumns": ["metrics.`best_valid_rmse`", "tags.`optuna.state`", "metrics.`best_epoch`",
-                                *(f"params.`{p}`" for p in params), "metrics.`train_seconds`"],
-        }
+        """Save the study's comparison view in the experiment (see `pipeline.trials_view`)."""
         with self._reported("saving the trials' comparison view"):
-            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
-            self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{_view_key(study_name)}",
-                                           json.dumps(state))
+            for key, value in view_tags(study_name, self.parent_id, params).items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def trials_view_link(self, study_name: str) -> str:
         """The `mlflow ui` address (after the server's root) of `share_trials_view`'s view."""
-        return (f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
-                f"&viewStateShareKey={_view_key(study_name)}")
+        return view_link(self.experiment_id, study_name)
 
     def close_parent(self, status: str) -> None:
         if self.parent_id is not None:
@@ -194,14 +187,11 @@ class Tracker:
 
     def log_parent(self, params: dict | None = None, metrics: dict[str, float] | None = None,
                    tags: dict[str, str] | None = None) -> None:
-        now = _now_ms()
+        now, params, tags = _now_ms(), params or {}, tags or {}
+        metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         with self._reported("logging the study's results"):
-            self.client.log_batch(
-                self.parent_id,
-                metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                params=[Param(k, str(v)) for k, v in (params or {}).items()],
-                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-            )
+            self.client.log_batch(self.parent_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
+                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         with self._reported(f"writing {artifact_file}"):
@@ -240,75 +230,35 @@ class Tracker:
 
     def running_children(self) -> list:
         with self._reported("listing the study's running trials"):
-            return self.client.search_runs(
-            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'",
-            max_results=50_000)
+            return self.client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
+                f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"))
 
     # --- model and registry -----------------------------------------------------------------
+
+    def _registry(self) -> Registry:
+        return Registry(self.client, self.experiment_id, self.parent_id)
 
     def log_model(self, folder, key: dict[str, str]) -> str:
         """Log the MLflow model folder `folder` (see bundle.save_model) as a model of the parent
         run, tagged `key`; returns its URI. Idempotent per `key` (e.g. study and best trial): a
-        READY model an earlier, interrupted finish logged under it is reused, and one it left
-        half-logged is deleted."""
+        READY model an earlier, interrupted finish logged is reused; otherwise the copies it left
+        half-logged are discarded (a step of its own) and the model is logged."""
+        registry = self._registry()
         with self._reported("looking for an earlier copy of the model"):
-            uri = self._reuse_logged_model(key)
-        if uri is not None:
-            return uri
-        with self._reported("logging the model"):
-            model = mlflow.initialize_logged_model(name="model", source_run_id=self.parent_id, tags=key,
-                                                   experiment_id=self.experiment_id)
-            self.client.log_model_artifacts(model.model_id, str(folder))
-            mlflow.finalize_logged_model(model.model_id, "READY")
-        return f"models:/{model.model_id}"
-
-    def _reuse_logged_model(self, key: dict[str, str]) -> str | None:
-        ready = None
-        for model in self.client.search_logged_models([self.experiment_id],
-                                                      filter_string=f"source_run_id = '{self.parent_id}'"):
-            if any(model.tags.get(k) != v for k, v in key.items()):
-                continue
-            if str(model.status) == "READY" and ready is None:
-                ready = model.model_uri
-            else:
-                self.client.delete_logged_model(model.model_id)
-        return ready
+            uri = registry.find_logged_model(key)
+        if uri is None:
+            with self._reported("discarding a half-logged copy of the model"):
+                registry.discard_unfinished_models(key)
+            with self._reported("logging the model"):
+                uri = registry.log_model(folder, key)
+        return uri
 
     def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
                  key: dict[str, str]) -> tuple[str, str]:
         """Register a new version (or find the one an interrupted finish made with the same `key`
-        tags); alias `champion` moves to it only when it beats the current champion's test RMSE on
-        the same split, else it becomes `challenger`. Returns (version, alias)."""
+        tags); alias `champion` or `challenger` by `registry.choose_alias`. Returns (version, alias)."""
         with self._reported(f"registering {model_uri} as {name!r}"):
-            return self._register(model_uri, name, test_rmse, split_fingerprint, key)
-
-    def _register(self, model_uri, name, test_rmse, split_fingerprint, key) -> tuple[str, str]:
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        rmse = f"{test_rmse:.6f}"  # compared as stored, so a rerun of the same model never "beats" it
-        earlier = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.parent_id}'")
-                   if all(v.tags.get(k) == value for k, value in key.items())]
-        version = earlier[0].version if earlier else self.client.create_model_version(
-            name, source=model_uri, run_id=self.parent_id, model_id=model_uri.removeprefix("models:/"),
-            tags={"test_rmse": rmse, "split_fingerprint": split_fingerprint, **key}).version
-        try:
-            current = self.client.get_model_version_by_alias(name, "champion")
-        except MlflowException:
-            current = None
-        alias = "champion"
-        if current is not None and str(current.version) != str(version):
-            same_split = current.tags.get("split_fingerprint") == split_fingerprint
-            if not (same_split and float(rmse) < float(current.tags.get("test_rmse", "inf"))):
-                alias = "challenger"
-        self.client.set_registered_model_alias(name, alias, version)
-        return str(version), alias
-
-
-def _view_key(study_name: str) -> str:
-    return "trials-" + hashlib.sha256(study_name.encode()).hexdigest()[:16]
+            return self._registry().register(model_uri, name, test_rmse, split_fingerprint, key)
 
 
 @contextmanager

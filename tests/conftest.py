@@ -2,6 +2,7 @@
 imports, no __init__.py), so module-scoped fixtures elsewhere take the helpers with
 `from conftest import Workspace, free_port, wait_until_up`."""
 
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -43,10 +44,42 @@ def cuda():
     return torch.device("cuda")
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """One empty MLflow SQLite database, its schema made once (seconds; a copy costs nothing)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path) -> str:
-    """A fresh MLflow tracking URI in tmp_path (SQLite; artifacts beside it, never ./mlruns)."""
+def mlflow_store(_empty_mlflow_db, tmp_path, monkeypatch) -> str:
+    """This test's own MLflow store, `sqlite:///{tmp_path}/mlflow.db`; the working directory is
+    tmp_path, so the artifacts of its experiments (./mlruns) land there too, never in the repo."""
+    shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def mlflow_globals(monkeypatch):
+    """What `tracking.configure_mlflow` sets process-wide (environment, MLflow's URIs, its
+    logger's level), put back after the test."""
+    import logging
+
+    import mlflow
+
+    for key in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI",
+                "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    level = logging.getLogger("mlflow").level
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    logging.getLogger("mlflow").setLevel(level)
 
 
 class Workspace:

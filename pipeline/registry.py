@@ -1,0 +1,110 @@
+"""The study's logged model and the model registry, through one `MlflowClient`, and the
+promotion rule (`choose_alias`, a pure function).
+
+Errors are MLflow's own (`MlflowException`): `tracking.Tracker`, the only caller in the package,
+reports them as TrackingError. Looking a model up never changes anything; discarding half-logged
+copies is its own step (`discard_unfinished_models`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+__all__ = ["Registry", "Standing", "choose_alias"]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A registered version as the promotion rule sees it: its test RMSE as stored (6 decimals, so
+    a rerun of the same model never beats itself; inf when unknown) and its split's fingerprint."""
+
+    version: str
+    test_rmse: float
+    split_fingerprint: str | None
+
+    @classmethod
+    def of(cls, version) -> Standing:
+        """From an MLflow `ModelVersion`'s tags."""
+        try:
+            rmse = float(version.tags.get("test_rmse", "inf"))
+        except ValueError:
+            rmse = float("inf")
+        return cls(str(version.version), rmse, version.tags.get("split_fingerprint"))
+
+
+def choose_alias(current: Standing | None, candidate: Standing) -> str:
+    """The alias a new (or re-found) version takes: `champion` when there is none yet, when the
+    candidate is the champion already, or when it beats the champion's test RMSE on the same
+    split fingerprint; otherwise `challenger` (another split's RMSE is not comparable)."""
+    if current is None or current.version == candidate.version:
+        return "champion"
+    same_split = current.split_fingerprint == candidate.split_fingerprint
+    return "champion" if same_split and candidate.test_rmse < current.test_rmse else "challenger"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The models of one run (the study's parent) and the versions registered from it. `key`:
+    tags that name one model (e.g. study and best trial), so that a retried finish finds its own."""
+
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+
+    def _models(self, key: dict[str, str]) -> list:
+        found = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'")
+        return [m for m in found if all(m.tags.get(k) == v for k, v in key.items())]
+
+    def find_logged_model(self, key: dict[str, str]) -> str | None:
+        """The URI of a READY model of the run tagged `key`, or None. Only looks."""
+        return next((m.model_uri for m in self._models(key) if str(m.status) == "READY"), None)
+
+    def discard_unfinished_models(self, key: dict[str, str]) -> int:
+        """Delete the run's models tagged `key` that never became READY (a finish killed while
+        logging); returns how many."""
+        unfinished = [m for m in self._models(key) if str(m.status) != "READY"]
+        for model in unfinished:
+            self.client.delete_logged_model(model.model_id)
+        return len(unfinished)
+
+    def log_model(self, folder: Path, key: dict[str, str]) -> str:
+        """Log the MLflow model folder `folder` as a new model of the run, tagged `key`: its URI."""
+        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id, tags=key)
+        self.client.log_model_artifacts(model.model_id, str(folder))
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return f"models:/{model.model_id}"
+
+    def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
+                 key: dict[str, str]) -> tuple[str, str]:
+        """Register `model_uri` under `name` (or find the version registered earlier with the
+        same `key`) and give it the alias `choose_alias` picks: (version, alias)."""
+        version = self._version(model_uri, name, test_rmse, split_fingerprint, key)
+        alias = choose_alias(self.champion(name), Standing.of(version))
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version), alias
+
+    def champion(self, name: str) -> Standing | None:
+        """The version `name@champion` points at, or None."""
+        version = self.client.get_registered_model(name).aliases.get("champion")
+        return None if version is None else Standing.of(self.client.get_model_version(name, version))
+
+    def _version(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str, key: dict[str, str]):
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        earlier = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'")
+                   if all(v.tags.get(k) == value for k, value in key.items())]
+        if earlier:
+            return earlier[0]
+        tags = {"test_rmse": f"{test_rmse:.6f}", "split_fingerprint": split_fingerprint, **key}
+        # The source as stored, not `models:/<id>`: MLflow's store resolves that through the
+        # process-wide tracking URI (a TODO of its own), which this client need not share.
+        model = self.client.get_logged_model(model_uri.removeprefix("models:/"))
+        return self.client.create_model_version(name, source=model.artifact_location, run_id=self.run_id,
+                                                model_id=model.model_id, tags=tags)
