@@ -19,7 +19,7 @@ from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storag
 from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
 from pipeline.training import stack_key
-from pipeline.tracking import Tracker, resolve_tracking_uri
+from pipeline.tracking import Tracker, configure_mlflow
 from pipeline.training import TrainConfig
 
 __all__ = ["Session", "prepare"]
@@ -84,7 +84,7 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
     _check_memory(space, data, device, _stack(options, space, device))
-    tracker = Tracker.connect(resolve_tracking_uri(options.tracking_uri), options.experiment, wait=tracker_wait)
+    tracker = Tracker.connect(configure_mlflow(options.tracking_uri), options.experiment, wait=tracker_wait)
     storage = database or open_storage(options.storage)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
