@@ -16,26 +16,32 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 
 from pipeline import ingest
 from pipeline.device import resolve_device
 from pipeline.search import Objective
+from pipeline.search.batch import ask_batch, run_batch
+from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.split import split
 from pipeline.tracking import Tracker
 
 
 def one_study(space, data, dims, trials: int, tracker: Tracker | None) -> tuple[float, list[float]]:
-    study = optuna.create_study(sampler=space.make_sampler(0), pruner=space.make_pruner())
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=space.make_sampler(0), pruner=space.make_pruner())
+    shared = SimpleNamespace(study=study, storage=storage, name=study.study_name, heartbeat=False)  # as the batch sees it
     study.enqueue_trial({}, user_attrs={"reference": "d2l"})
     if tracker is not None:
         tracker.create_parent("overhead", {})
     objective = Objective(space, data.part("train"), data.part("valid"), dims, device=resolve_device(), seed=0,
                           tracker=tracker, study_name="overhead")
     start = time.perf_counter()
-    study.optimize(objective, n_trials=trials)
+    for _ in range(trials):  # one trial at a time, as a CPU search runs them
+        run_batch(shared, objective, ask_batch(shared, Cap(trials), 1), [])
     seconds = time.perf_counter() - start
     if tracker is not None:
         tracker.close_parent("FINISHED")
