@@ -5,12 +5,12 @@
 - engines: `compiled` (sparse_sgd's numba loop on a CPU), `tensor` (every rule, implicit blocks,
   stacked, CUDA-graphed on cuda; `rules`, `graph`, `blocks`, `tables` are its parts) and `gibbs`
   (Bayesian MF by Gibbs sampling).
-- `fit`: fit / fit_stack / refit pick the engine and run the driver. A single model is a stack of one.
+- `fitting`: fit / fit_stack / refit pick the engine and run the driver. A single model is a stack of one.
 """
 
 from pipeline.training.config import FAMILIES, IMPLICIT, OPTIMIZERS, TrainConfig
 from pipeline.training.driver import EpochCallback, FitResult, TrainingDiverged
-from pipeline.training.fit import fit, fit_stack, refit, stack_key
+from pipeline.training.fitting import fit, fit_stack, refit, stack_key
 
 __all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit",
            "fit_stack", "refit", "stack_key"]

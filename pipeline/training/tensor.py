@@ -8,7 +8,7 @@ Each model keeps everything that makes it itself: its factors (padded with zero 
 widest; they stay zero, since their gradients are products with zeros), lr, lr_decay, l2,
 l2_bias, weight_decay, momentum, init_std, its initial tables and its own permutation of the rows
 every epoch, drawn from generators seeded as a single fit seeds them. What must match across a
-stack is `pipeline.training.fit.stack_key`: one optimizer, one batch size, one implicit mode.
+stack is `pipeline.training.stack_key`: one optimizer, one batch size, one implicit mode.
 
 Implicit blocks (SVD++): the scored tables hold U = P + A·Y and V = Q + C·Z (so scoring and the
 export need nothing else); P, Q are each row's own, Y and Z the blocks (`Block`), all learned.
