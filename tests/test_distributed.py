@@ -70,12 +70,13 @@ class Study:
             raw["params"]["lr"] = {"type": "fixed", "value": 0.002}
         self.space = root / "space.yaml"
         self.space.write_text(yaml.safe_dump(raw))
-        self.env = {**os.environ, "PIPELINE_HEARTBEAT": "1", "PIPELINE_GRACE": "4", "PYTHONUNBUFFERED": "1",
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def command(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "pipeline.search", "--config", str(self.space), "--dataset", str(self.data),
-                "--storage", self.storage, "--tracking-uri", self.tracking_uri, "--study-name", "shared", *extra]
+                "--storage", self.storage, "--tracking-uri", self.tracking_uri, "--study-name", "shared",
+                "--heartbeat", "1", "--grace", "4", *extra]
 
     def start(self, *extra: str) -> subprocess.Popen:
         # Its own process group, as a command started from a terminal: Ctrl-C reaches all its workers.
@@ -86,16 +87,20 @@ class Study:
         return subprocess.run(self.command(*extra), cwd=self.root, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
-    def optuna(self) -> optuna.Study:
-        storage = self.storage if "://" in self.storage else optuna.storages.JournalStorage(
+    def optuna_storage(self) -> str | optuna.storages.BaseStorage:
+        return self.storage if "://" in self.storage else optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(self.storage))
-        return optuna.load_study(study_name="shared", storage=storage)
+
+    def optuna(self) -> optuna.Study:
+        return optuna.load_study(study_name="shared", storage=self.optuna_storage())
 
     def mlflow(self) -> MlflowClient:
         return MlflowClient(self.tracking_uri, self.tracking_uri)
 
     def check(self, parents: int = 1) -> list:
         """The guarantees every scenario ends with; returns the child runs."""
+        # the once-only steps (init, parent, finish, retries) leave no study of their own behind
+        assert optuna.get_all_study_names(self.optuna_storage()) == ["shared"]
         study = self.optuna()
         finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
                                                            optuna.trial.TrialState.PRUNED)]

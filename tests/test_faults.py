@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import optuna
 import pytest
 
 from test_search import Workspace
@@ -34,13 +35,21 @@ def _nothing_running(ws) -> None:
     assert [r.info.run_name for r in ws.runs() if r.info.status == "RUNNING"] == []
 
 
+def _journal(ws) -> optuna.storages.BaseStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(ws.root / "optuna.journal")))
+
+
+def _only_the_study(ws) -> None:
+    """The once-only steps (init, parent, finish, retries) left no study of their own behind."""
+    assert optuna.get_all_study_names(_journal(ws)) == ["ratings-quick"]
+
+
 @pytest.mark.parametrize("method", ["log_model_artifacts", "set_registered_model_alias"])
 def test_a_finish_killed_half_way_is_finished_by_the_rerun_once(tmp_path, monkeypatch, method):
     ws = Workspace(tmp_path)
     _killed_at(f"mlflow:MlflowClient.{method}", ws)  # mid-log, or registered without its alias
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_GRACE", "1")  # the dead holder's lease lapses after 1 s
-    assert ws.search("--n-trials", "2") == 0
+    assert ws.search("--n-trials", "2", "--grace", "1") == 0  # the dead holder's lease lapses after 1 s
     versions = ws.client.search_model_versions("name = 'mf-movielens'")
     assert len(versions) == 1
     assert ws.client.get_model_version_by_alias("mf-movielens", "champion").version == versions[0].version
@@ -52,6 +61,7 @@ def test_a_finish_killed_half_way_is_finished_by_the_rerun_once(tmp_path, monkey
     assert ws.search("--n-trials", "2") == 0  # a rerun of the finished study changes nothing
     assert len(ws.client.search_model_versions("name = 'mf-movielens'")) == 1
     assert ws.parents()[0].info.status == "FINISHED"
+    _only_the_study(ws)  # the dead holder's claim was swept by the one that took over
 
 
 def test_a_worker_killed_mid_trial_is_retried_by_the_rerun(tmp_path, monkeypatch):
@@ -61,16 +71,14 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_rerun(tmp_path, monkeypatch
     _killed_at("pipeline.search.objective:fit", ws)
     monkeypatch.chdir(tmp_path)
     assert ws.search("--n-trials", "2") == 0
-    import optuna
-
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
-    study = optuna.load_study(study_name="ratings-quick", storage=storage)
+    study = optuna.load_study(study_name="ratings-quick", storage=_journal(ws))
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and "died" in study.trials[0].user_attrs["fail_reason"]
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2  # the cap, reached
     assert study.trials[1].user_attrs == {**study.trials[1].user_attrs, "reference": "d2l", "retry_of": 0}
     _nothing_running(ws)
     assert ws.parents()[0].info.status == "FINISHED"
+    _only_the_study(ws)
 
 
 def test_processes_opening_a_fresh_sqlite_store_together_all_succeed(tmp_path):
@@ -92,3 +100,4 @@ def test_two_searches_started_together_in_one_folder_share_one_study(tmp_path):
     assert len(ws.parents()) == 1 and ws.parents()[0].info.status == "FINISHED"
     assert len(ws.client.search_model_versions("name = 'mf-movielens'")) == 1
     _nothing_running(ws)
+    _only_the_study(ws)  # the default-like search, twice at once: no marker study left

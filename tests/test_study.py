@@ -1,21 +1,38 @@
-"""SharedStudy.once: exactly once by idempotence, with leases that lapse when their holder dies."""
+"""Once-only steps (pipeline.search.lease): exactly once by idempotence, with leases that lapse when
+their holder dies, and nothing left in the storage but the user's study."""
 
+import threading
 import time
 
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from pipeline.search.lease import Lease
+from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.study import SharedStudy
 
 
 @pytest.fixture
 def shared():
     storage = optuna.storages.InMemoryStorage()
-    return SharedStudy(optuna.create_study(storage=storage, study_name="s"), storage)
+    return SharedStudy(optuna.create_study(storage=storage, study_name="s"), storage, grace=30)
 
 
 def _done(shared):
     return lambda: shared.study.user_attrs.get("result")
+
+
+def _names(storage) -> list[str]:
+    return optuna.get_all_study_names(storage)
+
+
+def _dead_holder(shared, attempt: int = 0) -> Lease:
+    """A holder of `attempt` that claimed, beat once, and died."""
+    lease = Lease(shared.storage, shared.name, "x", grace=0.5)
+    shared.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], lease.marker(attempt))
+    lease._write({"attempt": attempt, "state": "held", "beat": 0, "holder": "elsewhere:1"})
+    return lease
 
 
 def test_work_runs_once_and_later_callers_only_read_its_result(shared):
@@ -25,9 +42,11 @@ def test_work_runs_once_and_later_callers_only_read_its_result(shared):
         calls.append(1)
         shared.study.set_user_attr("result", 42)
 
-    assert shared.once("x", work, _done(shared), grace=5) == 42
-    assert shared.once("x", work, _done(shared), grace=5) == 42
+    assert shared.once("x", work, _done(shared)) == 42
+    assert shared.once("x", work, _done(shared)) == 42
     assert calls == [1]
+    assert _names(shared.storage) == ["s"]  # no marker study left
+    assert shared.study.user_attrs == {"result": 42}  # the record is a system attr, out of the user's way
 
 
 def test_a_holder_that_fails_releases_at_once(shared):
@@ -35,15 +54,68 @@ def test_a_holder_that_fails_releases_at_once(shared):
         raise RuntimeError("store went away")
 
     with pytest.raises(RuntimeError):
-        shared.once("x", fail, _done(shared), grace=30)
+        shared.once("x", fail, _done(shared))
     start = time.monotonic()
-    assert shared.once("x", lambda: shared.study.set_user_attr("result", 1), _done(shared), grace=30) == 1
+    assert shared.once("x", lambda: shared.study.set_user_attr("result", 1), _done(shared)) == 1
     assert time.monotonic() - start < 10  # no 30 s wait: the failed holder said so
+    assert _names(shared.storage) == ["s"]
 
 
-def test_a_dead_holder_is_replaced_after_the_grace_period(shared):
-    assert shared.claim("x#0")  # a holder that claimed, beat once, and died
-    shared.study.set_user_attr("lease:x", {"attempt": 0, "beat": 0, "released": False})
+def test_a_dead_holder_is_replaced_after_the_grace_period_and_its_marker_swept(shared):
+    lease = _dead_holder(shared)
     start = time.monotonic()
-    assert shared.once("x", lambda: shared.study.set_user_attr("result", 7), _done(shared), grace=0.5) == 7
+    assert lease.once(lambda: shared.study.set_user_attr("result", 7), _done(shared)) == 7
     assert time.monotonic() - start >= 0.5
+    assert _names(shared.storage) == ["s"]
+    assert lease.record()["state"] == "done"
+
+
+def test_a_holder_killed_after_its_work_is_swept_by_the_next_caller(shared):
+    lease = _dead_holder(shared)
+    shared.study.set_user_attr("result", 3)  # the work was done; the holder died before its sweep
+    assert lease.once(lambda: pytest.fail("done: nothing to redo"), _done(shared)) == 3
+    assert _names(shared.storage) == ["s"]
+
+
+def test_a_claim_just_won_after_a_release_is_not_taken_over_at_once(shared):
+    """Attempt 0 released, attempt 1 won by a process that has not beaten yet: a waiter waits for
+    it (grace) rather than taking attempt 2 beside it."""
+    lease = _dead_holder(shared, attempt=1)
+    lease._write({"attempt": 0, "state": "released"})
+    start = time.monotonic()
+    assert lease.once(lambda: shared.study.set_user_attr("result", 5), _done(shared)) == 5
+    assert time.monotonic() - start >= 0.5
+    assert _names(shared.storage) == ["s"]
+
+
+def test_processes_racing_on_a_journal_run_the_work_once_and_leave_only_the_study(tmp_path):
+    path = str(tmp_path / "optuna.journal")
+    optuna.create_study(storage=JournalStorage(JournalFileBackend(path)), study_name="s")
+    calls, results = [], []
+
+    def worker() -> None:  # each with its own storage object: its own journal worker id, as a process has
+        storage = JournalStorage(JournalFileBackend(path))
+        study = optuna.load_study(study_name="s", storage=storage)
+
+        def work():
+            calls.append(1)
+            time.sleep(0.2)
+            study.set_user_attr("result", "made")
+
+        results.append(SharedStudy(study, storage, grace=30).once("x", work, lambda: study.user_attrs.get("result")))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == ["made"] * 4 and calls == [1]
+    assert _names(JournalStorage(JournalFileBackend(path))) == ["s"]
+
+
+def test_grace_and_heartbeat_are_options_with_defaults():
+    assert (SearchOptions().grace, SearchOptions().heartbeat) == (30, 10)
+    options = SearchOptions.parse(["--grace", "4", "--heartbeat", "1"])
+    assert (options.grace, options.heartbeat) == (4, 1)
+    with pytest.raises(SearchError, match="--grace 0"):
+        SearchOptions.parse(["--grace", "0"])

@@ -37,6 +37,11 @@ class SearchOptions:
     stack: int | None = None
     """Trials trained together (pipeline.stack); None: the space's `stack`, else by device."""
     quiet: bool = False
+    heartbeat: int = 10
+    """Seconds between a running trial's heartbeats (database storages)."""
+    grace: int = 30
+    """Seconds without a beat after which a worker is taken for dead: its trials (database storages)
+    are failed and retried, its once-only steps (pipeline.search.lease) taken over."""
     rating_scale: tuple[float, float] | None = None
     columns: dict[str, str] | None = None
     sep: str | None = None
@@ -52,6 +57,9 @@ class SearchOptions:
             raise SearchError(f"--workers {self.workers}: expected >= 1")
         if self.stack is not None and self.stack < 1:
             raise SearchError(f"--stack {self.stack}: expected >= 1 (1: train every trial alone)")
+        for flag, seconds in (("heartbeat", self.heartbeat), ("grace", self.grace)):
+            if seconds < 1:
+                raise SearchError(f"--{flag} {seconds}: expected >= 1 second")
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> SearchOptions:
@@ -80,5 +88,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", type=int, help="trials trained together where their configs allow "
                                              "(default: the space's, else 8 on cuda and 1 on a CPU)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--heartbeat", type=int, default=d.heartbeat, metavar="SECONDS",
+                   help=f"seconds between a running trial's heartbeats, database storages (default {d.heartbeat})")
+    p.add_argument("--grace", type=int, default=d.grace, metavar="SECONDS",
+                   help="seconds without a heartbeat after which a worker is taken for dead: its trials are "
+                        f"retried, its once-only steps taken over (default {d.grace})")
     ingest.add_source_flags(p)
     return p

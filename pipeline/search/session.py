@@ -77,7 +77,7 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
         raise SearchError(f"--{exc}") from None
     space_path = space_file(options.config or default_space(device))
     space = load_space(space_path)
-    database = check_storage(options.storage)
+    database = check_storage(options.storage, options.heartbeat, options.grace)
     # --dataset replaces the space's dataset, its options with it; the source flags apply to either.
     declared = {} if options.dataset else space.dataset.options()
     ratings = ingest.load(options.dataset or space.dataset.name, **{**declared, **ingest.source_options(options)})
@@ -85,10 +85,11 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
     _check_memory(space, data, device, _stack(options, space, device))
     tracker = Tracker.connect(configure_mlflow(options.tracking_uri), options.experiment, wait=tracker_wait)
-    storage = database or open_storage(options.storage)
+    storage = database or open_storage(options.storage, options.heartbeat, options.grace)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
-    shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed)
+    shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed,
+                        grace=options.grace)
     return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials),
                    space_path)
 

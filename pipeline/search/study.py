@@ -1,26 +1,27 @@
-"""The shared study: Optuna storage, the study and its once-only claims, the trial cap, and the
-MLflow parent run every worker attaches to (with the sweeps that close runs dead workers left).
+"""The shared study: Optuna storage, the study and its once-only steps (leases, see
+pipeline.search.lease: init, the parent run, a dead trial's retry; cli.py's finish), the trial cap,
+and the MLflow parent run every worker attaches to (with the sweeps that close runs dead workers left).
 
-Only Optuna's public API is used: the claims go through the storage this module opened (not the
+Only Optuna's public API is used: the leases go through the storage this module opened (not the
 study's private `_storage`), and the heartbeat is read from that same object.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.options import SearchError
+from pipeline.search.lease import Lease
+from pipeline.search.options import SearchError, SearchOptions
 from pipeline.space import SearchSpace
 from pipeline.split import Split
 from pipeline.tracking import Tracker
@@ -32,18 +33,21 @@ __all__ = ["Cap", "CloseStaleRuns", "SharedStudy", "attach_parent", "check_stora
 PARENT_ATTR = "mlflow_parent_run_id"
 
 
-def check_storage(url: str) -> optuna.storages.BaseStorage | None:
+def check_storage(url: str, heartbeat: int = SearchOptions.heartbeat,
+                  grace: int = SearchOptions.grace) -> optuna.storages.BaseStorage | None:
     """Fail early on a storage that cannot work: a database is opened (returned, to be reused); a
     journal's folder is only checked, because opening a journal creates its file."""
     if "://" in url:
-        return open_storage(url)
+        return open_storage(url, heartbeat, grace)
     _journal_path(url)
     return None
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: int = SearchOptions.heartbeat,
+                 grace: int = SearchOptions.grace) -> optuna.storages.BaseStorage:
     """A database URL (postgresql+psycopg2://, sqlite:///...) or a journal file path (the default:
-    safe for several local processes, which SQLite is not)."""
+    safe for several local processes, which SQLite is not). heartbeat, grace: seconds (see
+    SearchOptions), for database storages other than SQLite."""
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -53,8 +57,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     kwargs = {}
     if not url.startswith("sqlite"):
         # Stale trials of dead workers are failed after the grace period (and retried: CloseStaleRuns).
-        kwargs = dict(heartbeat_interval=int(os.environ.get("PIPELINE_HEARTBEAT", 10)),
-                      grace_period=int(os.environ.get("PIPELINE_GRACE", 30)),
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=grace,
                       engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
     for attempt in range(5):
         try:
@@ -83,6 +86,8 @@ class SharedStudy:
 
     study: optuna.Study
     storage: optuna.storages.BaseStorage
+    grace: float = SearchOptions.grace
+    """Seconds without a beat after which a once-only step's holder is taken for dead."""
 
     @property
     def name(self) -> str:
@@ -93,74 +98,19 @@ class SharedStudy:
         """Whether dead workers' trials are failed by a heartbeat (RDB storages with an interval)."""
         return isinstance(self.storage, optuna.storages.RDBStorage) and bool(self.storage.get_heartbeat_interval())
 
-    def claim(self, what: str) -> bool:
-        """True for exactly one caller per (study, what), across processes and machines.
-
-        Optuna's storages have one atomic primitive that every backend shares: a study name is
-        unique (a database constraint; the journal's log order). A marker study named after the
-        claim is it."""
-        try:
-            self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"{self.name}:{what}")
-            return True
-        except optuna.exceptions.DuplicatedStudyError:
-            return False
-
-    def once(self, what: str, work: Callable[[], object], done: Callable[[], object], grace: float | None = None):
-        """`done()`'s value, once some process has run `work()` to its end: this one if no live
-        process holds `what`. Exactly once by idempotence, not by a permanent claim: the holder
-        beats every grace/4 s (a thread); one that released `what` (an error, Ctrl-C) or stopped
-        beating for `grace` s (killed) is replaced by the next waiter, worker or rerun, so `work`
-        must be safe to redo after a partial run. Attempt n is the claim `what#n`, so two
-        waiters never take over together. grace: $PIPELINE_GRACE (default 30) seconds."""
-        grace = float(os.environ.get("PIPELINE_GRACE", 30)) if grace is None else grace
-        key = f"lease:{what}"
-        attempt, seen, since = 0, None, time.monotonic()
-        while (value := done()) is None:
-            state = self.study.user_attrs.get(key)
-            if state != seen:  # the holder is alive (or was replaced): watch it afresh
-                seen, since = state, time.monotonic()
-                attempt = max(attempt, state["attempt"] + 1)
-            stale = time.monotonic() - since > grace
-            if (seen is None and attempt == 0) or (seen is not None and seen["released"]) or stale:
-                if self.claim(f"{what}#{attempt}"):
-                    self._hold(key, attempt, work, grace)
-                    continue
-                attempt, since = attempt + 1, time.monotonic()  # someone else took it: give them time
-            time.sleep(min(0.5, grace / 4))
-        return value
-
-    def _hold(self, key: str, attempt: int, work: Callable[[], object], grace: float) -> None:
-        stop = threading.Event()
-
-        def beat() -> None:
-            n = 0
-            with contextlib.suppress(Exception):  # a storage gone away: the lease lapses, as it should
-                while not stop.is_set():
-                    self.study.set_user_attr(key, {"attempt": attempt, "beat": n, "released": False})
-                    n += 1
-                    stop.wait(grace / 4)
-
-        thread = threading.Thread(target=beat, name=f"beat-{key}", daemon=True)
-        thread.start()
-        released = False
-        try:
-            work()
-        except BaseException:
-            released = True
-            raise
-        finally:
-            stop.set()
-            thread.join()
-            if released:  # let the next waiter take over now rather than after the grace period
-                with contextlib.suppress(Exception):
-                    self.study.set_user_attr(key, {"attempt": attempt, "beat": -1, "released": True})
+    def once(self, what: str, work: Callable[[], object], done: Callable[[], Any]) -> Any:
+        """`done()`'s value, once some process has run `work()` to its end (see pipeline.search.lease):
+        `work` must be safe to redo after a partial run; nothing is left in the storage but this study."""
+        return Lease(self.storage, self.name, what, self.grace).once(work, done)
 
 
-def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int) -> SharedStudy:
-    """Create or resume `name`; refuse it if it was made for another search space or split."""
+def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
+               grace: float = SearchOptions.grace) -> SharedStudy:
+    """Create or resume `name`; refuse it if it was made for another search space or split.
+    grace: seconds after which a silent holder of a once-only step is replaced."""
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
                                 sampler=space.make_sampler(seed), pruner=space.make_pruner())
-    shared = SharedStudy(study, storage)
+    shared = SharedStudy(study, storage, grace)
     expected = {"space_digest": space.digest(), "split_fingerprint": data.fingerprint}
     attrs = study.user_attrs
     for key, value in expected.items():
@@ -272,22 +222,37 @@ def _gone(worker: str) -> bool:
 def retry_dead_trials(shared: SharedStudy) -> list[int]:
     """Fail the trials a process of this machine left RUNNING when it died (SIGKILL, a crash) and
     enqueue each again with the same parameters, so the study still reaches its cap; returns their
-    numbers. Storages with a heartbeat do this for every machine (CloseStaleRuns)."""
+    numbers. Once per dead trial, whoever else finds it (a lease). Storages with a heartbeat do this
+    for every machine (CloseStaleRuns)."""
     if shared.heartbeat:
         return []
-    study_id = shared.storage.get_study_id_from_name(shared.name)
     retried = []
     for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if worker is None or not _gone(worker) or not shared.claim(f"retry-{trial.number}"):
+        if worker is None or not _gone(worker):
             continue
-        trial_id = shared.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        shared.storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {worker} died")
-        shared.study.tell(trial.number, state=TrialState.FAIL)
-        kept = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
-        shared.study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+        shared.once(f"retry-{trial.number}", lambda t=trial, w=worker: _retry(shared, t, w),
+                    lambda n=trial.number: _retry_of(shared.study, n))
         retried.append(trial.number)
     return retried
+
+
+def _retry(shared: SharedStudy, trial: FrozenTrial, worker: str) -> None:
+    """Fail `trial` (unless a holder that died did already) and enqueue its parameters again."""
+    storage = shared.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(shared.name),
+                                                               trial.number)
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {worker} died")
+        shared.study.tell(trial.number, state=TrialState.FAIL)
+    kept = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
+    shared.study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+
+
+def _retry_of(study: optuna.Study, number: int) -> int | None:
+    """The trial that retries trial `number`, if one was enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    return next((t.number for t in trials if t.user_attrs.get("retry_of") == number), None)
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
