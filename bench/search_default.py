@@ -38,7 +38,7 @@ def run_default(split_seed: int, config: str = "mf", n_trials: int | None = None
         out = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{tmp}/optuna.journal"))
-        name = next(n for n in optuna.get_all_study_names(storage) if ":" not in n)  # not the claim markers
+        (name,) = optuna.get_all_study_names(storage)  # the search leaves its study and nothing else
         study = optuna.load_study(study_name=name, storage=storage)
         summary = study.user_attrs["summary"]
     print(out.stdout)

@@ -66,7 +66,7 @@ def run_search(split_seed: int, n_trials: int | None = None) -> tuple[list[optun
             raise RuntimeError(f"the search failed ({done.returncode}):\n{done.stderr[-3000:]}")
         wall = time.perf_counter() - start
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{tmp}/optuna.journal"))
-        name = next(n for n in optuna.get_all_study_names(storage) if ":" not in n)  # not the claim markers
+        (name,) = optuna.get_all_study_names(storage)  # the search leaves its study and nothing else
         study = optuna.load_study(study_name=name, storage=storage)
         return study.get_trials(states=(TrialState.COMPLETE,)), study.user_attrs["summary"], wall
 
