@@ -134,3 +134,23 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120.0) ->
             assert server.poll() is None, f"{url}: the server exited with {server.returncode}"
             assert time.monotonic() < deadline, f"{url}: no answer after {timeout:.0f} s"
             time.sleep(0.5)
+
+
+def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
+    """Ctrl-C inside the search: trial `number`'s reporter raises KeyboardInterrupt at `epoch`
+    (every other epoch of every trial is reported as usual)."""
+    from pipeline.search import batch
+
+    reporter = batch.reporter
+
+    def interrupting(trial, run):
+        report = reporter(trial, run)
+
+        def on_epoch(at, train_mse, valid_rmse):
+            if trial.number == number and at == epoch:
+                raise KeyboardInterrupt
+            return report(at, train_mse, valid_rmse)
+
+        return on_epoch
+
+    monkeypatch.setattr(batch, "reporter", interrupting)

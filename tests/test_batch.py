@@ -5,14 +5,13 @@ diverged, a bug, Ctrl-C, a storage error), callbacks after each tell, one heartb
 import threading
 import time
 from collections import Counter
-from types import SimpleNamespace
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from pipeline.search import batch
+from conftest import interrupt_at
 from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.objective import Objective
 from pipeline.search.study import Cap, this_process
@@ -151,19 +150,7 @@ def test_each_end_is_told_and_a_bug_is_raised_once_the_whole_batch_is_told(small
 
 
 def test_ctrl_c_in_a_stack_closes_and_tells_every_open_trial_of_the_batch(small_split, monkeypatch):
-    reporter = batch.reporter
-
-    def interrupting(trial, run):  # Ctrl-C at trial 2's second epoch, while trials 1-3 train as one stack
-        report = reporter(trial, run)
-
-        def on_epoch(epoch, train_mse, valid_rmse):
-            if trial.number == 2 and epoch == 2:
-                raise KeyboardInterrupt
-            return report(epoch, train_mse, valid_rmse)
-
-        return on_epoch
-
-    monkeypatch.setattr(batch, "reporter", interrupting)
+    interrupt_at(monkeypatch, 2, 2)  # while trials 1-3 train as one stack
     s = Study()
     objective = Scripted(small_split, {0: sgd(512), 1: sgd(256), 2: sgd(256), 3: sgd(256)})
     with pytest.raises(KeyboardInterrupt):

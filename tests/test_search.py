@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import Workspace
+from conftest import Workspace, interrupt_at
 from pipeline import ingest, search
 from pipeline.space import SEARCH_SPACES
 from pipeline.split import split
@@ -444,20 +444,8 @@ def test_stacked_trials_are_the_trials_run_one_at_a_time(tmp_path, monkeypatch):
 def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_resumes(ws, monkeypatch):
     from pipeline.search import batch
 
-    reporter = batch.reporter
-
-    def interrupting(trial, run):  # Ctrl-C at trial 2's second epoch, while trials 1-3 train as one stack
-        report = reporter(trial, run)
-
-        def on_epoch(epoch, train_mse, valid_rmse):
-            if trial.number == 2 and epoch == 2:
-                raise KeyboardInterrupt
-            return report(epoch, train_mse, valid_rmse)
-
-        return on_epoch
-
-    space = _stackable_space(ws.root)
-    monkeypatch.setattr(batch, "reporter", interrupting)
+    reporter, space = batch.reporter, _stackable_space(ws.root)
+    interrupt_at(monkeypatch, 2, 2)  # while trials 1-3 train as one stack
     assert ws.search("--stack", "4", config=space) == 130
     states = {t.number: t.state.name for t in _trials(ws)}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "FAIL"}
