@@ -49,8 +49,9 @@ def test_a_stack_equals_its_models_trained_one_by_one(data, compiled):
 
 
 def _torch_optim_fit(train, config, seed, dims):
-    """The reference for the hand-written rules: one model, autograd and torch.optim's own class,
-    the same start and permutations; per-example L2 λ(|p_u|² + |q_i|²)/2 with l2_bias on the biases."""
+    """The reference for the engine's closed-form gradients: one model, autograd on the loss and
+    torch.optim, the same start and permutations; per-example L2 λ(|p_u|² + |q_i|²)/2 with l2_bias
+    on the biases."""
     from pipeline.model import learned_columns
     from pipeline.training.tables import initial_model, l2_columns
 
@@ -81,7 +82,7 @@ def _torch_optim_fit(train, config, seed, dims):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
 def test_a_stack_of_dense_optimizers_equals_torch_optim_one_by_one(data, optimizer):
     """Per-model lr, lr_decay, weight decay, momentum, L2 and factors: the stack against each
-    model alone, and against torch.optim's own classes with autograd."""
+    model alone, and against autograd's gradients stepped by torch.optim."""
     lr = {"sgd": 0.05, "adam": 0.005, "adamw": 0.005, "rmsprop": 0.002, "adagrad": 0.05}[optimizer]
     common = dict(optimizer=optimizer, batch_size=256, epochs=3)
     configs = [TrainConfig(**common, factors=8, lr=lr, weight_decay=1e-4, l2=0.01, momentum=0.8),

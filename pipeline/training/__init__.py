@@ -3,7 +3,7 @@
 - `config`: TrainConfig (typed, frozen; its field docstrings are the train command's help).
 - `driver`: the one epoch loop for K >= 1 models (curves, patience, divergence, callbacks, best epoch).
 - engines: `compiled` (sparse_sgd's numba loop on a CPU), `tensor` (every rule, implicit blocks,
-  stacked, CUDA-graphed on cuda; `rules`, `graph`, `blocks`, `tables` are its parts) and `gibbs`
+  stacked, sparse_sgd CUDA-graphed on cuda; `graph`, `blocks`, `tables` are its parts) and `gibbs`
   (Bayesian MF by Gibbs sampling).
 - `fitting`: fit / fit_stack / refit pick the engine and run the driver. A single model is a stack of one.
 """

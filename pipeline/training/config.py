@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 __all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "TrainConfig"]
 
-# torch.optim's update rules (written over stacked tables in `pipeline.training.rules`); "sparse_sgd"
+# torch.optim's update rules (its own classes, one optimizer per model of a stack); "sparse_sgd"
 # is plain SGD applied only to the rows in the batch (lazy: no dense state), as in Funk / Surprise SVD.
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "sparse_sgd")
 FAMILIES = ("mf", "bayes")

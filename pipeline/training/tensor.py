@@ -1,8 +1,11 @@
 """The tensor engine: K mf models (K >= 1) trained as one set of stacked tables, by any rule.
 
-Every kernel works on the K models' rows at once, for the launches of one; on cuda the epoch is a
-CUDA graph (`pipeline.training.graph`). Gradients of the squared error are written in closed
-form (two `index_add_`s), which skips autograd's graph building (~2× on a 2-core CPU).
+Every kernel works on the K models' rows at once, for the launches of one; on cuda a sparse_sgd
+epoch is a CUDA graph (`pipeline.training.graph`). Gradients of the squared error are written in
+closed form (two `index_add_`s), which skips autograd's graph building (~2× on a 2-core CPU). The
+dense rules are torch.optim's own classes (fused kernels where torch has them), one optimizer per
+model over its slices of the stacked tables, so each model keeps its lr, weight decay, momentum
+and state.
 
 Each model keeps everything that makes it itself: its factors (padded with zero columns up to the
 widest; they stay zero, since their gradients are products with zeros), lr, lr_decay, l2,
@@ -24,7 +27,6 @@ from pipeline.split import Interactions
 from pipeline.training.blocks import Side
 from pipeline.training.config import TrainConfig
 from pipeline.training.graph import EpochGraph
-from pipeline.training.rules import DENSE, SLOTS
 from pipeline.training.tables import initial_model, l2_columns
 
 __all__ = ["TensorEngine"]
@@ -49,7 +51,7 @@ class Block:
         block row it reads (l2 (K, W) per column)."""
         K, O, W = self.table.shape
         dense = torch.zeros(K * self.side.rows, W, device=grad.device).index_add_(0, rows, grad.view(-1, W))
-        result = _per_model(self.side.At, dense.view(K, -1, W))
+        result = _per_model(self.side.At, dense.view(K, -1, W)).contiguous()  # fused optimizers read it flat
         counts = torch.bincount(rows, minlength=K * self.side.rows).view(K, -1).T.to(grad.dtype)  # (rows, K)
         uses = (self.reach @ counts).T[:, :, None]  # (K, other_rows, 1)
         return result.addcmul_(self.table * uses, l2[:, None, :], value=scale)
@@ -77,25 +79,44 @@ class TensorEngine:
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.live = list(range(len(configs)))
         self.optimizer, self.batch = configs[0].optimizer, configs[0].batch_size
-        self.state = [[torch.zeros_like(t) for _ in range(SLOTS[self.optimizer])] for t in self._learned()]
-        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # the dense rules' step count
-        self._rules()
+        self.optimizers: dict[int, torch.optim.Optimizer] = {}
+        self._per_model()
 
     def _learned(self) -> list[torch.Tensor]:
         return self.own + [b.table for b in self.blocks]
 
-    def _rules(self) -> None:
-        """Per live model: l2 per column (K, W) per side, the dense rules' weight decay and momentum
-        (K, 1, 1); the scored tables; a new CUDA graph (the shapes changed)."""
+    def _per_model(self) -> None:
+        """Per live model: l2 per column (K, W) per side and its optimizer over its slices of the
+        tables; the scored tables; a new CUDA graph (the shapes changed)."""
         columns = [l2_columns(self.configs[k], self.width, self.device) for k in self.live]
         self.l2 = [torch.stack([c[side] for c in columns]) for side in (0, 1)]
-        per_model = lambda name: torch.tensor([getattr(self.configs[k], name) for k in self.live],  # noqa: E731
-                                              device=self.device)[:, None, None]
-        self.weight_decay, self.momentum = per_model("weight_decay"), per_model("momentum")
+        self.any_l2 = any(self.configs[k].l2 or self.configs[k].l2_biases for k in self.live)
+        if self.optimizer != "sparse_sgd":
+            self.optimizers = {k: self._optimizer(k, at) for at, k in enumerate(self.live)}
+            self.grads = [torch.zeros_like(t) for t in self.own]
         self.learns = [learned_columns(self.width, side, self.device) for side in ("user", "item")]
         self._refresh()
-        graphable = self.device.type == "cuda" and not self.blocks  # sparse CSR products: not captured
+        # Captured: sparse_sgd's plain tensor ops. Not: the CSR products of implicit blocks, nor
+        # torch.optim's steps (their lr would be baked into the graph).
+        graphable = self.device.type == "cuda" and not self.blocks and self.optimizer == "sparse_sgd"
         self.graph = EpochGraph(self._run, len(self.live), self.device) if graphable else None
+
+    def _optimizer(self, k: int, at: int) -> torch.optim.Optimizer:
+        """Model k's torch.optim optimizer over its slices (at: its place in the stack) of the
+        learned tables; the state of the one it replaces (before the stack shrank) carries over."""
+        config, params = self.configs[k], [t[at] for t in self._learned()]
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[self.optimizer]
+        options = {"momentum": config.momentum} if self.optimizer == "sgd" else {}
+        # One kernel for all of a model's tables where torch has one on this device, else foreach.
+        fused = self.optimizer in ("sgd", "adam", "adamw") or (self.optimizer == "adagrad" and self.device.type == "cpu")
+        optimizer = cls(params, lr=config.lr, weight_decay=config.weight_decay, **options,
+                        **({"fused": True} if fused else {"foreach": True}))
+        if k in self.optimizers:
+            old = self.optimizers[k]
+            for before, after in zip(old.param_groups[0]["params"], params):
+                optimizer.state[after] = old.state.pop(before)
+        return optimizer
 
     def _refresh(self) -> None:
         """The constant columns back in place, then the scored tables from the learned ones."""
@@ -112,8 +133,11 @@ class TensorEngine:
         # Rows of the flattened tables, example-major (N, K): a batch is a contiguous slice.
         users = (self.train.users[perms] + self._bases(self.own[0])).T.contiguous()
         items = (self.train.items[perms] + self._bases(self.own[1])).T.contiguous()
-        lr = torch.tensor([self.configs[k].lr * self.configs[k].lr_decay ** (epoch - 1) for k in self.live],
-                          device=self.device)[:, None]
+        rates = [self.configs[k].lr * self.configs[k].lr_decay ** (epoch - 1) for k in self.live]
+        for k, rate in zip(self.live, rates):
+            for group in self.optimizers[k].param_groups if k in self.optimizers else ():
+                group["lr"] = rate
+        lr = torch.tensor(rates, device=self.device)[:, None]
         inputs = (users, items, self.offset[perms].T.contiguous(), lr)
         with torch.no_grad():
             loss = self.graph(*inputs) if self.graph is not None else self._run(*inputs, self._zeros())
@@ -137,19 +161,20 @@ class TensorEngine:
             err = (pu * qi).sum(2) + offset[lo : lo + self.batch]  # (B, K)
             loss += err.square().sum(0)
             scale = 1.0 if self.optimizer == "sparse_sgd" else 1.0 / pu.shape[0]
-            self._step((u, i), (pu, qi), err.unsqueeze(2), lr, scale)
+            self._step((u, i), (pu, qi), err.mul_(scale).unsqueeze_(2), lr, scale)
             self._refresh()
         return loss
 
     def _step(self, rows, scored, e, lr, scale: float) -> None:
-        """d/dp_u of (err² + λ|p_u|²)/2 is err·q_i + λ·p_u (λ on the own rows), likewise for q_i."""
+        """d/dp_u of (err² + λ|p_u|²)/2 is err·q_i + λ·p_u (λ on the own rows), likewise for q_i;
+        e: (B, K, 1) errors already multiplied by `scale`, and so is λ here."""
         pu, qi = scored
         grads = [qi * e, pu * e]  # on the scored rows
-        block_grads = [b.gradient(rows[b.k], grads[b.k] * scale, self.l2[b.k], scale) for b in self.blocks]
+        block_grads = [b.gradient(rows[b.k], grads[b.k], self.l2[b.k], scale) for b in self.blocks]
         own_rows = [t.view(-1, self.width)[r].view_as(g) for t, r, g in zip(self.own, rows, grads)] \
             if self.blocks else [pu, qi]
-        for side in (0, 1):
-            grads[side].addcmul_(own_rows[side], self.l2[side])
+        for side in (0, 1) if self.any_l2 else ():  # two passes over the batch saved when none has L2
+            grads[side].addcmul_(own_rows[side], self.l2[side], value=scale)
         if self.optimizer == "sparse_sgd":
             for side in (0, 1):
                 step = -lr * self.learns[side]  # (K, W)
@@ -157,11 +182,13 @@ class TensorEngine:
             for block, grad in zip(self.blocks, block_grads):
                 block.table.sub_(grad * lr[:, :, None])
             return
-        self.steps += 1
-        dense = [torch.zeros_like(t).view(-1, self.width).index_add_(0, r, g.view(-1, self.width), alpha=scale)
-                 .view(t.shape) for t, r, g in zip(self.own, rows, grads)]
-        for table, grad, state in zip(self._learned(), dense + block_grads, self.state):
-            DENSE[self.optimizer](table, grad, state, lr[:, :, None], self)
+        for dense, r, g in zip(self.grads, rows, grads):
+            dense.zero_().view(-1, self.width).index_add_(0, r, g.view(-1, self.width))
+        for at, k in enumerate(self.live):
+            optimizer = self.optimizers[k]
+            for param, grad in zip(optimizer.param_groups[0]["params"], self.grads + block_grads):
+                param.grad = grad[at]
+            optimizer.step()
 
     @torch.no_grad()
     def valid_rmse(self) -> list[float]:
@@ -202,8 +229,7 @@ class TensorEngine:
         self.own = [t[index] for t in self.own]
         for block in self.blocks:
             block.table = block.table[index]
-        self.state = [[s[index] for s in slots] for slots in self.state]
-        self._rules()
+        self._per_model()
 
 
 def _blocks(train: Interactions, implicit: str, dims: dict, models: int, width: int) -> list[Block]:
