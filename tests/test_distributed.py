@@ -5,7 +5,6 @@ Each test creates and drops its own PostgreSQL databases on 127.0.0.1:5432."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from conftest import free_port, wait_until_up
 from pipeline import ingest
 from pipeline.space import SEARCH_SPACES
 
@@ -209,27 +209,13 @@ def test_journal_with_two_local_workers(tmp_path):
     s.check()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_server(backend: str, artifacts: Path, port: int, env: dict) -> subprocess.Popen:
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
          str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import urllib.request
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    wait_until_up(f"http://127.0.0.1:{port}/health", server)
+    return server
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -238,7 +224,7 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 def test_a_tracking_server_that_goes_away_for_a_while(tmp_path, pg_database):
-    port = _free_port()
+    port = free_port()
     backend, artifacts = _optuna_url(pg_database), tmp_path / "server-artifacts"  # SQLAlchemy 2.1 defaults to psycopg 3
     s = Study(tmp_path, _optuna_url(pg_database), f"http://127.0.0.1:{port}", cap=10, epochs=30, batch=64,
               optimizer="adam")

@@ -9,7 +9,7 @@ import textwrap
 import optuna
 import pytest
 
-from test_search import Workspace
+from conftest import Workspace
 
 pytestmark = pytest.mark.slow
 

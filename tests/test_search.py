@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import Workspace, interrupt_at
+from conftest import Workspace, free_port, interrupt_at, wait_until_up
 from pipeline import ingest, search
 from pipeline.space import SEARCH_SPACES
 from pipeline.split import split
@@ -171,14 +171,10 @@ def test_predict_and_recommend_commands(done, capsys, monkeypatch):
 
 
 def test_serve_answers_with_the_same_numbers(done, tmp_path):
-    import socket
-    import time
     import urllib.error
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # `mlflow models serve` execs `uvicorn` by name: the environment's bin folder must be on PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": done.uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -186,14 +182,7 @@ def test_serve_answers_with_the_same_numbers(done, tmp_path):
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         pairs = _pairs(done)
         body = json.dumps({"dataframe_split": {"columns": ["user_id", "item_id"], "data": pairs.tolist()}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
