@@ -6,7 +6,7 @@ For each optimizer and batch size (sparse_sgd at 64, 256, 1024; Adam at 512, 409
 K: K models (64 factors, rates spread as a search would spread them) trained by one `fit_stack`,
 against the same K trained by `fit` one after the other (stacks of one). On a CPU sparse_sgd runs
 the compiled engine either way (a stack of it is its models one after the other), Adam the tensor
-engine; on cuda every epoch is a CUDA graph. Both
+engine; on cuda sparse_sgd epochs are CUDA graphs. Both
 include everything a trial pays for training: the per-epoch permutations, the valid RMSE, the
 graph capture. Prints a table; writes DIR/stack-<device>.json (default DIR: bench/results).
 """

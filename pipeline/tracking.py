@@ -28,7 +28,7 @@ from pipeline.registry import Registry
 from pipeline.trials_view import view_link, view_tags
 from pipeline.urls import masked
 
-__all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported", "resolve_tracking_uri"]
+__all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported"]
 
 _FLUSH_SECONDS = 5.0  # a running trial's curve appears in `mlflow ui` at most this late
 

@@ -128,7 +128,8 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120.0) ->
     deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                answer.read()
             return
         except OSError:
             assert server.poll() is None, f"{url}: the server exited with {server.returncode}"
@@ -138,10 +139,10 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120.0) ->
 
 def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
     """Ctrl-C inside the search: trial `number`'s reporter raises KeyboardInterrupt at `epoch`
-    (every other epoch of every trial is reported as usual)."""
-    from pipeline.search import batch
+    (every other epoch of every trial is reported as usual), whether it trains alone or stacked."""
+    from pipeline.search import batch, objective
 
-    reporter = batch.reporter
+    reporter = objective.reporter
 
     def interrupting(trial, run):
         report = reporter(trial, run)
@@ -153,4 +154,5 @@ def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
 
         return on_epoch
 
-    monkeypatch.setattr(batch, "reporter", interrupting)
+    for module in (batch, objective):  # batch's stacks and Objective.fit's lone trials
+        monkeypatch.setattr(module, "reporter", interrupting)

@@ -431,16 +431,14 @@ def test_stacked_trials_are_the_trials_run_one_at_a_time(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_resumes(ws, monkeypatch):
-    from pipeline.search import batch
-
-    reporter, space = batch.reporter, _stackable_space(ws.root)
-    interrupt_at(monkeypatch, 2, 2)  # while trials 1-3 train as one stack
-    assert ws.search("--stack", "4", config=space) == 130
+    space = _stackable_space(ws.root)
+    with monkeypatch.context() as patch:  # the rerun below is not interrupted
+        interrupt_at(patch, 2, 2)  # while trials 1-3 train as one stack
+        assert ws.search("--stack", "4", config=space) == 130
     states = {t.number: t.state.name for t in _trials(ws)}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "FAIL"}
     status = {int(r.data.tags["optuna.trial_number"]): r.info.status for r in ws.runs() if "optuna.trial_number" in r.data.tags}
     assert status == {0: "FINISHED", 1: "KILLED", 2: "KILLED", 3: "KILLED"}
-    monkeypatch.setattr(batch, "reporter", reporter)
     assert ws.search("--stack", "4", config=space) == 0
     assert sum(t.state.name == "COMPLETE" for t in _trials(ws)) == 5
     assert "RUNNING" not in {r.info.status for r in ws.runs()}

@@ -119,3 +119,41 @@ def test_grace_and_heartbeat_are_options_with_defaults():
     assert (options.grace, options.heartbeat) == (4, 1)
     with pytest.raises(SearchError, match="--grace 0"):
         SearchOptions.parse(["--grace", "0"])
+    database = ["--storage", "postgresql+psycopg2://postgres@127.0.0.1/x"]
+    with pytest.raises(SearchError, match="--grace 10: expected at least twice --heartbeat"):
+        SearchOptions.parse([*database, "--grace", "10", "--heartbeat", "30"])
+    assert SearchOptions.parse(["--grace", "1"]).grace == 1  # a journal has no heartbeat to outlast
+
+
+def test_steps_cut_short_after_their_work_leave_no_marker_at_the_next_start(shared):
+    """A holder killed after writing "done" (swept when the study is opened), a parent lease whose
+    holder died after creating the run (swept when a worker attaches to that run)."""
+    from pipeline.search.lease import sweep_done
+    from pipeline.search.study import PARENT_ATTR, _sweep_parent_leases
+
+    finished = Lease(shared.storage, shared.name, "finish-3", grace=0.5)
+    shared.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], finished.marker(0))
+    finished._write({"attempt": 0, "state": "done"})
+    parent = Lease(shared.storage, shared.name, "mlflow-parent-after-none", grace=0.5)
+    shared.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], parent.marker(0))
+    parent._write({"attempt": 0, "state": "held", "beat": 0, "holder": "elsewhere:1"})
+    sweep_done(shared.storage, shared.name)
+    assert sorted(_names(shared.storage)) == ["s", "s:mlflow-parent-after-none#0"]  # not done: kept
+    shared.study.set_user_attr(PARENT_ATTR, "run-1")
+    _sweep_parent_leases(shared, "run-1")
+    assert _names(shared.storage) == ["s"]
+
+
+def test_a_retry_interrupted_between_its_fail_and_its_enqueue_is_finished_by_the_next_start(shared):
+    from optuna.trial import TrialState
+
+    from pipeline.search.study import retry_dead_trials
+
+    trial = shared.study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    shared.study.tell(trial, state=TrialState.FAIL)  # the retry failed it, then Ctrl-C: nothing enqueued
+    Lease(shared.storage, shared.name, f"retry-{trial.number}", grace=0.5)._write(
+        {"attempt": 0, "state": "released"})
+    assert retry_dead_trials(shared) == [trial.number]
+    (queued,) = shared.study.get_trials(states=(TrialState.WAITING,))
+    assert queued.user_attrs["retry_of"] == trial.number and queued.system_attrs["fixed_params"] == trial.params
+    assert retry_dead_trials(shared) == [] and _names(shared.storage) == ["s"]

@@ -1,9 +1,9 @@
 """`python -m pipeline.search`: the study, in rooms of its own.
 
 options (the command's flags, frozen) -> session (data, storage, MLflow, device, checked in order)
--> study (storage, claims, cap, parent run) -> workers (the trial loop, here and in helpers) ->
-objective (one trial and its MLflow run) -> finish (refit, test, log, register) -> report (what
-is printed). See docs/architecture.md.
+-> study (storage, leases, cap, parent run) -> workers (the trial loop, here and in helpers) ->
+batch (ask/tell: the one way trials run) -> objective (one trial and its MLflow run) -> finish
+(refit, test, log, register) -> report (what is printed). See docs/architecture.md.
 """
 
 from pipeline.search.cli import main

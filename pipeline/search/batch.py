@@ -26,7 +26,7 @@ from pipeline.search.objective import NO_RUN, Objective, ending, reporter, trial
 from pipeline.search.study import Cap, SharedStudy, this_process
 from pipeline.training import FitResult, fit_stack, stack_key
 
-__all__ = ["Callback", "ask_batch", "run_batch"]
+__all__ = ["ask_batch", "run_batch"]
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 

@@ -26,8 +26,10 @@ States of one lease (the record; markers are the studies `<study>:<what>#<n>`):
 |                |                              |               | only read it                            |
 
 Afterwards (done): no marker study is left; the record stays as a system attr of the user's study.
-A holder killed between its work and the sweep leaves its markers until the next caller of the same
-step (worker or rerun) sees `done()` and sweeps them.
+A holder killed after its work but before it wrote "done" leaves its markers until the next
+caller of the same step sees `done()` and sweeps them (every start calls init's lease, looks at
+the parent's and at retries left unfinished); one killed after writing "done" leaves them until
+the next start of any worker (`sweep_done`, when the study is opened).
 
 Safety. (1) Study names are unique, so at most one process wins each attempt n. (2) A marker is
 deleted only by a process that has seen `done()` not None, and a winner calls `done()` again before
@@ -52,7 +54,9 @@ from typing import Any
 
 import optuna
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "leases", "sweep_done"]
+
+_PREFIX = "pipeline.lease:"  # a step's record: the study's system attr _PREFIX + what
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Lease:
 
     @property
     def key(self) -> str:
-        return f"pipeline.lease:{self.what}"
+        return _PREFIX + self.what
 
     def marker(self, attempt: int) -> str:
         return f"{self.study_name}:{self.what}#{attempt}"
@@ -137,13 +141,36 @@ class Lease:
     def _write(self, record: dict[str, Any]) -> None:
         self.storage.set_study_system_attr(self._study_id, self.key, record)
 
+    def sweep_if(self, done: Callable[[], Any]) -> None:
+        """Delete the step's markers if `done()` says the step is done (it never runs the work)."""
+        if done() is not None:
+            self._sweep(0)
+
     def _sweep(self, attempt: int) -> None:
-        """The step is done: delete every marker it may have left (attempts 0 to the highest seen,
-        and one more: a claim whose holder died before its first beat), and say so in the record."""
+        """The step is done: say so in the record, then delete every marker it may have left
+        (attempts 0 to the highest seen, and one more: a claim whose holder died before its first
+        beat). The record first: `sweep_done` finishes a sweep that a kill cut short."""
         record = self.record()
-        top = max(attempt, record["attempt"] if record else 0) + 1
+        top = max(attempt, record["attempt"] if record else 0)
+        if record is None or record != {"attempt": top, "state": "done"}:
+            self._write({"attempt": top, "state": "done"})
+        self._delete_markers(top + 1)
+
+    def _delete_markers(self, top: int) -> None:
         for n in range(top + 1):
             with contextlib.suppress(KeyError):  # never made, or another process swept it first
                 self.storage.delete_study(self.storage.get_study_id_from_name(self.marker(n)))
-        if record is not None and record["state"] != "done":
-            self._write({"attempt": top - 1, "state": "done"})
+
+
+def leases(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, dict[str, Any]]:
+    """Every once-only step of `study_name` that was ever claimed: its name -> its record."""
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name))
+    return {key[len(_PREFIX):]: record for key, record in attrs.items() if key.startswith(_PREFIX)}
+
+
+def sweep_done(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+    """Delete the markers of every step of `study_name` whose record says done (a process killed
+    between writing "done" and deleting them leaves them; nobody may call that step again)."""
+    for what, record in leases(storage, study_name).items():
+        if record.get("state") == "done":
+            Lease(storage, study_name, what, grace=1.0)._delete_markers(record["attempt"] + 1)

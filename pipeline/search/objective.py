@@ -21,7 +21,7 @@ from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
 from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit
 
-__all__ = ["EXPECTED_FAILURES", "NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
+__all__ = ["NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
 
 
 class OverCap(RuntimeError):
@@ -127,10 +127,15 @@ class Objective:
             return config, NO_RUN
         # As trained: l2_bias resolved, no 'None' cells (patience off is no patience column).
         params = {k: v for k, v in config.to_dict().items() if v is not None}
-        params["l2_bias"] = config.l2 if config.l2_bias is None else config.l2_bias
+        params["l2_bias"] = config.l2_biases
         params["trial_number"] = trial.number
         run = self.tracker.start_trial(trial.number, params, self.study_name)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        try:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+        except BaseException as exc:  # the storage failed (or Ctrl-C): the run must not stay RUNNING
+            end = ending(exc)
+            run.end(end.status, tags=end.tags())
+            raise
         return config, run
 
     def fit(self, trial: optuna.Trial, config: TrainConfig, run: TrialRun | _NoRun) -> FitResult:

@@ -35,7 +35,7 @@ class SearchOptions:
     seed: int = 0
     workers: int = 1
     stack: int | None = None
-    """Trials trained together (pipeline.stack); None: the space's `stack`, else by device."""
+    """Trials trained together (pipeline.training.fit_stack); None: the space's `stack`, else by device."""
     quiet: bool = False
     heartbeat: int = 10
     """Seconds between a running trial's heartbeats (database storages)."""
@@ -60,6 +60,10 @@ class SearchOptions:
         for flag, seconds in (("heartbeat", self.heartbeat), ("grace", self.grace)):
             if seconds < 1:
                 raise SearchError(f"--{flag} {seconds}: expected >= 1 second")
+        heartbeats = "://" in self.storage and not self.storage.startswith("sqlite")  # as study.open_storage
+        if heartbeats and self.grace < 2 * self.heartbeat:  # else a live trial is taken for dead
+            raise SearchError(f"--grace {self.grace}: expected at least twice --heartbeat ({self.heartbeat} s), so "
+                              "that a live worker is never taken for dead between two heartbeats")
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> SearchOptions:

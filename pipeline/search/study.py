@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.lease import Lease
+from pipeline.search.lease import Lease, leases, sweep_done
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.space import SearchSpace
 from pipeline.split import Split
@@ -98,10 +98,18 @@ class SharedStudy:
         """Whether dead workers' trials are failed by a heartbeat (RDB storages with an interval)."""
         return isinstance(self.storage, optuna.storages.RDBStorage) and bool(self.storage.get_heartbeat_interval())
 
+    def lease(self, what: str) -> Lease:
+        return Lease(self.storage, self.name, what, self.grace)
+
     def once(self, what: str, work: Callable[[], object], done: Callable[[], Any]) -> Any:
         """`done()`'s value, once some process has run `work()` to its end (see pipeline.search.lease):
         `work` must be safe to redo after a partial run; nothing is left in the storage but this study."""
-        return Lease(self.storage, self.name, what, self.grace).once(work, done)
+        return self.lease(what).once(work, done)
+
+    def unfinished(self, prefix: str) -> list[str]:
+        """The once-only steps named `prefix`… that were claimed and are not recorded done."""
+        return [what for what, record in leases(self.storage, self.name).items()
+                if what.startswith(prefix) and record.get("state") != "done"]
 
 
 def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
@@ -118,17 +126,18 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
             raise SearchError(
                 f"study {name!r} was created for another {key.split('_')[0]} ({key} {attrs[key][:12]}…, "
                 f"this run's {value[:12]}…): pass a new --study-name, or the original search space and data")
-    if not attrs:  # once, however many workers start together
 
-        def init() -> None:
-            trials = study.get_trials(deepcopy=False)
-            if space.reference and not any(t.user_attrs.get("reference") == "d2l" for t in trials):
-                # trial 0: the d2l tutorial's configuration, the study's reference point
-                study.enqueue_trial({}, user_attrs={"reference": "d2l"})
-            for key, value in expected.items():
-                study.set_user_attr(key, value)
+    def init() -> None:
+        trials = study.get_trials(deepcopy=False)
+        if space.reference and not any(t.user_attrs.get("reference") == "d2l" for t in trials):
+            # trial 0: the d2l tutorial's configuration, the study's reference point
+            study.enqueue_trial({}, user_attrs={"reference": "d2l"})
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
 
-        shared.once("init", init, lambda: study.user_attrs.get("split_fingerprint"))
+    # Once, however many workers start together; when done, this only sweeps a killed holder's marker.
+    shared.once("init", init, lambda: study.user_attrs.get("split_fingerprint"))
+    sweep_done(storage, name)
     return shared
 
 
@@ -166,6 +175,7 @@ def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -
     Returns True when this process created it (and so logs the study's inputs)."""
     previous = shared.study.user_attrs.get(PARENT_ATTR)
     if previous is not None and tracker.reopen_parent(previous, tags):
+        _sweep_parent_leases(shared, previous)
         return False
     created = []
 
@@ -184,6 +194,15 @@ def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -
     if not tracker.reopen_parent(run_id, tags):
         raise SearchError(f"MLflow parent run {run_id} of study {shared.name!r} is not in {masked(tracker.tracking_uri)}")
     return False
+
+
+def _sweep_parent_leases(shared: SharedStudy, parent: str) -> None:
+    """The markers of parent leases whose holder was killed after creating its run: the lease
+    `mlflow-parent-after-X` is done once the parent is a run other than X."""
+    prefix = "mlflow-parent-after-"
+    for what in shared.unfinished(prefix):
+        replaced = what[len(prefix):]
+        shared.lease(what).sweep_if(lambda: parent if parent != replaced else None)
 
 
 def this_process() -> str:
@@ -226,10 +245,13 @@ def retry_dead_trials(shared: SharedStudy) -> list[int]:
     for every machine (CloseStaleRuns)."""
     if shared.heartbeat:
         return []
-    retried = []
-    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    retried, unfinished = [], set(shared.unfinished("retry-"))
+    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
         worker = trial.user_attrs.get("worker")
-        if worker is None or not _gone(worker):
+        if trial.state == TrialState.FAIL:  # failed by a retry that was cut short before its enqueue
+            if f"retry-{trial.number}" not in unfinished:
+                continue
+        elif worker is None or not _gone(worker):
             continue
         shared.once(f"retry-{trial.number}", lambda t=trial, w=worker: _retry(shared, t, w),
                     lambda n=trial.number: _retry_of(shared.study, n))

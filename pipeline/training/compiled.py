@@ -19,7 +19,7 @@ from pipeline.split import Interactions
 from pipeline.training.config import TrainConfig
 from pipeline.training.tables import initial_model, l2_columns
 
-__all__ = ["CompiledEngine", "sgd_epoch"]
+__all__ = ["CompiledEngine"]
 
 
 @numba.njit(cache=True, nogil=True)

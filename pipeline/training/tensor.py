@@ -1,7 +1,7 @@
 """The tensor engine: K mf models (K >= 1) trained as one set of stacked tables, by any rule.
 
 Every kernel works on the K models' rows at once, for the launches of one; on cuda a sparse_sgd
-epoch is a CUDA graph (`pipeline.training.graph`). Gradients of the squared error are written in
+epoch without implicit blocks is a CUDA graph (`pipeline.training.graph`). Gradients of the squared error are written in
 closed form (two `index_add_`s), which skips autograd's graph building (~2× on a 2-core CPU). The
 dense rules are torch.optim's own classes (fused kernels where torch has them), one optimizer per
 model over its slices of the stacked tables, so each model keeps its lr, weight decay, momentum
@@ -45,13 +45,15 @@ class Block:
         """A·Y per model: (K, rows, W)."""
         return _per_model(self.side.A, self.table)
 
-    def gradient(self, rows: torch.Tensor, grad: torch.Tensor, l2: torch.Tensor, scale: float) -> torch.Tensor:
+    def gradient(self, rows: torch.Tensor, grad: torch.Tensor, l2: torch.Tensor | None, scale: float) -> torch.Tensor:
         """The block's gradient (K, other_rows, W) from the batch's gradients on scored rows
         (rows: flat (B·K,), grad (B, K, W), already scaled): Aᵀ·G plus each example's L2 on every
-        block row it reads (l2 (K, W) per column)."""
+        block row it reads (l2 (K, W) per column; None: no model has L2)."""
         K, O, W = self.table.shape
         dense = torch.zeros(K * self.side.rows, W, device=grad.device).index_add_(0, rows, grad.view(-1, W))
         result = _per_model(self.side.At, dense.view(K, -1, W)).contiguous()  # fused optimizers read it flat
+        if l2 is None:
+            return result
         counts = torch.bincount(rows, minlength=K * self.side.rows).view(K, -1).T.to(grad.dtype)  # (rows, K)
         uses = (self.reach @ counts).T[:, :, None]  # (K, other_rows, 1)
         return result.addcmul_(self.table * uses, l2[:, None, :], value=scale)
@@ -170,11 +172,13 @@ class TensorEngine:
         e: (B, K, 1) errors already multiplied by `scale`, and so is λ here."""
         pu, qi = scored
         grads = [qi * e, pu * e]  # on the scored rows
-        block_grads = [b.gradient(rows[b.k], grads[b.k], self.l2[b.k], scale) for b in self.blocks]
-        own_rows = [t.view(-1, self.width)[r].view_as(g) for t, r, g in zip(self.own, rows, grads)] \
-            if self.blocks else [pu, qi]
-        for side in (0, 1) if self.any_l2 else ():  # two passes over the batch saved when none has L2
-            grads[side].addcmul_(own_rows[side], self.l2[side], value=scale)
+        block_grads = [b.gradient(rows[b.k], grads[b.k], self.l2[b.k] if self.any_l2 else None, scale)
+                       for b in self.blocks]
+        if self.any_l2:  # the gathers and passes are saved when no model has L2
+            own_rows = [t.view(-1, self.width)[r].view_as(g) for t, r, g in zip(self.own, rows, grads)] \
+                if self.blocks else [pu, qi]
+            for side in (0, 1):
+                grads[side].addcmul_(own_rows[side], self.l2[side], value=scale)
         if self.optimizer == "sparse_sgd":
             for side in (0, 1):
                 step = -lr * self.learns[side]  # (K, W)
