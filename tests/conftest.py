@@ -139,8 +139,8 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120.0) ->
 
 def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
     """Ctrl-C inside the search: trial `number`'s reporter raises KeyboardInterrupt at `epoch`
-    (every other epoch of every trial is reported as usual), whether it trains alone or stacked."""
-    from pipeline.search import batch, objective
+    (every other epoch of every trial is reported as usual), alone or stacked."""
+    from pipeline.search import objective
 
     reporter = objective.reporter
 
@@ -154,5 +154,4 @@ def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
 
         return on_epoch
 
-    for module in (batch, objective):  # batch's stacks and Objective.fit's lone trials
-        monkeypatch.setattr(module, "reporter", interrupting)
+    monkeypatch.setattr(objective, "reporter", interrupting)  # Objective.fit reports through it

@@ -64,12 +64,15 @@ class Scripted(Objective):
     def config(self, trial):
         return self.configs[trial.number]
 
-    def fit(self, trial, config, run):
-        if self.during:
-            self.during(trial)
-        if trial.number in self.errors:
-            raise self.errors[trial.number]
-        return super().fit(trial, config, run)
+    def fit(self, members):
+        if len(members) == 1 and self.during:
+            self.during(members[0][0])
+        if len(members) == 1 and members[0][0].number in self.errors:
+            error = self.errors[members[0][0].number]
+            if not isinstance(error, Exception):
+                raise error  # Ctrl-C stops the batch, as in training
+            return [error]
+        return super().fit(members)
 
 
 class Study:

@@ -53,10 +53,7 @@ def _objective(split, tracker=None, cap=None):
 def _run(objective, trial):
     """One trial alone, begin -> fit -> close, as a batch of one runs it; returns its ending and value."""
     config, run = objective.begin(trial)
-    try:
-        outcome = objective.fit(trial, config, run)
-    except Exception as exc:  # noqa: BLE001
-        outcome = exc
+    (outcome,) = objective.fit([(trial, config, run)])
     return objective.close(trial, run, outcome)
 
 

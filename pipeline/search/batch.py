@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.objective import NO_RUN, Objective, ending, reporter, trial_seed
+from pipeline.search.objective import NO_RUN, Objective, ending
 from pipeline.search.study import Cap, SharedStudy, this_process
-from pipeline.training import FitResult, fit_stack, stack_key
+from pipeline.training import FitResult, stack_key
 
 __all__ = ["ask_batch", "run_batch"]
 
@@ -92,19 +92,11 @@ def _begin(objective: Objective, trials: list[optuna.Trial], runs: dict, settle)
 
 
 def _train(objective: Objective, members: list) -> list[FitResult | Exception]:
-    """One stack for several members, `fit` for one; a member's exception is its outcome."""
-    o = objective
+    """Record each member's stack size, then train them as one stack (a lone member: a stack of one)."""
     for trial, _, run in members:
         trial.set_user_attr("stack_size", len(members))
         run.log(stack_size=len(members))
-    if len(members) > 1:
-        return fit_stack(o.train, [c for _, c, _ in members], [trial_seed(o.seed, t.number) for t, _, _ in members],
-                         valid=o.valid, device=o.device, callbacks=[reporter(t, run) for t, _, run in members],
-                         **o.dims)
-    try:
-        return [o.fit(*members[0])]
-    except Exception as exc:  # noqa: BLE001 - told as the trial's end by the caller
-        return [exc]
+    return objective.fit(members)
 
 
 def _abandon(shared: SharedStudy, objective: Objective, trial: optuna.Trial, run, exc: BaseException) -> None:

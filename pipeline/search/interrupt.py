@@ -50,6 +50,8 @@ def catching_sigint():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _seen.clear()  # a signal belongs to the block it arrived in: code after it must not re-raise it
+        _received.clear()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from pipeline.search.study import Cap
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
-from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit
+from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit_stack
 
 __all__ = ["NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
 
@@ -138,10 +138,12 @@ class Objective:
             raise
         return config, run
 
-    def fit(self, trial: optuna.Trial, config: TrainConfig, run: TrialRun | _NoRun) -> FitResult:
-        """The trial's model alone, reported and prunable epoch by epoch."""
-        return fit(self.train, config, valid=self.valid, seed=trial_seed(self.seed, trial.number), device=self.device,
-                   callback=reporter(trial, run), **self.dims)
+    def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]]) -> list[FitResult | Exception]:
+        """Train the members' models together (configs of one `stack_key`, or one member alone), each
+        reported and prunable epoch by epoch; each one's result or the exception that ended it."""
+        return fit_stack(self.train, [config for _, config, _ in members],
+                         [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
+                         device=self.device, callbacks=[reporter(trial, run) for trial, _, run in members], **self.dims)
 
     def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
         """Log a trained trial's outcome; returns its objective value, the best valid RMSE."""

@@ -39,12 +39,12 @@ def fit(train: Interactions, config: TrainConfig, *, seed: int = 0, callback: Ep
 
 def fit_stack(train: Interactions, configs: Sequence[TrainConfig], seeds: Sequence[int], **options
               ) -> list[FitResult | Exception]:
-    """Train configs[k] with seeds[k] for every k, together; model k equals `fit(train, configs[k],
-    seed=seeds[k])` up to float rounding. Returns, in order, each model's FitResult or the exception
+    """Train configs[k] with seeds[k] for every k, together (configs of one `stack_key`, or any one
+    config alone); model k equals `fit(train, configs[k], seed=seeds[k])` up to float rounding. Returns, in order, each model's FitResult or the exception
     that ended it: one model's end never stops the others. A BaseException that is not an
     Exception (Ctrl-C) stops the whole stack and propagates. options: see `_fit_all`."""
     keys = {stack_key(c) for c in configs}
-    if None in keys or len(keys) != 1:
+    if len(configs) > 1 and (None in keys or len(keys) != 1):
         raise ValueError(f"fit_stack: configs must share one stack_key (mf, one optimizer, one batch size, one "
                          f"implicit mode); got keys {sorted(keys, key=str)}")
     return _fit_all(train, list(configs), list(seeds), **options)
