@@ -14,7 +14,8 @@ from optuna.trial import TrialState, create_trial
 from conftest import interrupt_at
 from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.objective import Objective
-from pipeline.search.study import Cap, this_process
+from pipeline.search.recovery import this_process
+from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.training import TrainConfig, TrainingDiverged
 

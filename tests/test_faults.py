@@ -68,7 +68,7 @@ def test_a_worker_killed_mid_trial_is_retried_by_the_rerun(tmp_path, monkeypatch
     """SIGKILL during trial 0 on the journal storage (no heartbeat): the rerun fails the dead
     trial, runs it again, closes its run and reaches the cap."""
     ws = Workspace(tmp_path)
-    _killed_at("pipeline.search.objective:fit", ws)
+    _killed_at("pipeline.search.objective:fit_stack", ws)
     monkeypatch.chdir(tmp_path)
     assert ws.search("--n-trials", "2") == 0
     study = optuna.load_study(study_name="ratings-quick", storage=_journal(ws))

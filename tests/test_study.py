@@ -147,7 +147,7 @@ def test_steps_cut_short_after_their_work_leave_no_marker_at_the_next_start(shar
 def test_a_retry_interrupted_between_its_fail_and_its_enqueue_is_finished_by_the_next_start(shared):
     from optuna.trial import TrialState
 
-    from pipeline.search.study import retry_dead_trials
+    from pipeline.search.recovery import retry_dead_trials
 
     trial = shared.study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     shared.study.tell(trial, state=TrialState.FAIL)  # the retry failed it, then Ctrl-C: nothing enqueued

@@ -23,7 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.search.objective import NO_RUN, Objective, ending
-from pipeline.search.study import Cap, SharedStudy, this_process
+from pipeline.search.recovery import this_process
+from pipeline.search.study import Cap, SharedStudy
 from pipeline.training import FitResult, stack_key
 
 __all__ = ["ask_batch", "run_batch"]

@@ -19,7 +19,8 @@ from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.report import print_summary, start_line
 from pipeline.search.session import Session, prepare
-from pipeline.search.study import attach_parent, close_orphan_runs, retry_dead_trials
+from pipeline.search.recovery import close_orphan_runs, retry_dead_trials
+from pipeline.search.study import attach_parent
 from pipeline.search.workers import quiet_libraries, run_workers
 from pipeline.space import SpaceError
 from pipeline.tracking import TrackingError

@@ -15,7 +15,8 @@ from pipeline.device import device_memory, device_name, resolve_device
 from pipeline.ratings import Ratings
 from pipeline.search.objective import Objective
 from pipeline.search.options import SearchError, SearchOptions
-from pipeline.search.study import Cap, CloseStaleRuns, SharedStudy, check_storage, open_storage, open_study
+from pipeline.search.recovery import CloseStaleRuns
+from pipeline.search.study import Cap, SharedStudy, check_storage, open_storage, open_study
 from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
 from pipeline.training import stack_key

@@ -1,0 +1,116 @@
+"""Recovery from dead workers: who they were (host, pid, start time), their trials failed and
+re-queued once (a lease per trial) where no heartbeat does it, and the MLflow runs they left
+RUNNING closed."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.search.study import SharedStudy
+from pipeline.tracking import Tracker
+
+__all__ = ["CloseStaleRuns", "close_orphan_runs", "retry_dead_trials", "this_process"]
+
+
+def this_process() -> str:
+    """host:pid:start of this process (start: its start time since boot where /proc has it, so a
+    recycled pid is not mistaken for it). Recorded on each trial as user attr `worker`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}"
+
+
+def _started(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot), "-" where /proc is missing but
+    the process exists, None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return "-"
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # exists, another user's
+        return "-"
+
+
+def _gone(worker: str) -> bool:
+    """Whether the process `worker` (see this_process) is known to be dead: only a process of this
+    machine can be checked."""
+    host, pid, started = worker.rsplit(":", 2)
+    return host == socket.gethostname() and _started(int(pid)) != started
+
+
+def retry_dead_trials(shared: SharedStudy) -> list[int]:
+    """Fail the trials a process of this machine left RUNNING when it died (SIGKILL, a crash) and
+    enqueue each again with the same parameters, so the study still reaches its cap; returns their
+    numbers. Once per dead trial, whoever else finds it (a lease). Storages with a heartbeat do this
+    for every machine (CloseStaleRuns)."""
+    if shared.heartbeat:
+        return []
+    retried, unfinished = [], set(shared.unfinished("retry-"))
+    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        worker = trial.user_attrs.get("worker")
+        if trial.state == TrialState.FAIL:  # failed by a retry that was cut short before its enqueue
+            if f"retry-{trial.number}" not in unfinished:
+                continue
+        elif worker is None or not _gone(worker):
+            continue
+        shared.once(f"retry-{trial.number}", lambda t=trial, w=worker: _retry(shared, t, w),
+                    lambda n=trial.number: _retry_of(shared.study, n))
+        retried.append(trial.number)
+    return retried
+
+
+def _retry(shared: SharedStudy, trial: FrozenTrial, worker: str) -> None:
+    """Fail `trial` (unless a holder that died did already) and enqueue its parameters again."""
+    storage = shared.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(shared.name),
+                                                               trial.number)
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {worker} died")
+        shared.study.tell(trial.number, state=TrialState.FAIL)
+    kept = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
+    shared.study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})
+
+
+def _retry_of(study: optuna.Study, number: int) -> int | None:
+    """The trial that retries trial `number`, if one was enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    return next((t.number for t in trials if t.user_attrs.get("retry_of") == number), None)
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
+    """Close child runs left RUNNING by a trial that is over (a worker killed or interrupted at a
+    bad moment); returns how many. Runs of trials still running elsewhere are left alone."""
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in tracker.running_children():
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if states.get(number, TrialState.FAIL) not in (TrialState.RUNNING, TrialState.WAITING):
+            tracker.fail_run(run.info.run_id, f"trial {number} ended without closing its run")
+            closed += 1
+    return closed
+
+
+class CloseStaleRuns:
+    """Heartbeat callback: a trial whose worker died is failed by Optuna and retried
+    (RetryHeartbeatStaleTrialCallback); its MLflow child run, left RUNNING, is closed as FAILED."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.fail_run(run_id, f"worker died: no heartbeat for trial {trial.number}; retried")
