@@ -137,8 +137,8 @@ class TensorEngine:
         items = (self.train.items[perms] + self._bases(self.own[1])).T.contiguous()
         rates = [self.configs[k].lr * self.configs[k].lr_decay ** (epoch - 1) for k in self.live]
         for k, rate in zip(self.live, rates):
-            for group in self.optimizers[k].param_groups if k in self.optimizers else ():
-                group["lr"] = rate
+            if k in self.optimizers:  # the dense rules' one param group
+                self.optimizers[k].param_groups[0]["lr"] = rate
         lr = torch.tensor(rates, device=self.device)[:, None]
         inputs = (users, items, self.offset[perms].T.contiguous(), lr)
         with torch.no_grad():
