@@ -63,23 +63,27 @@ class CompiledEngine:
         self.configs, self.valid, self.rows = configs, valid, len(train)
         offset = self.models[0].global_mean - train.ratings  # μ − r, once: err = p·q + (μ − r)
         self.data = train.users.numpy(), train.items.numpy(), offset.numpy()
+        self.rules = [self._rules(model, config) for model, config in zip(self.models, configs)]
         self.live = list(range(len(configs)))
+
+    @staticmethod
+    def _rules(model: MatrixFactorization, config: TrainConfig) -> tuple[np.ndarray, ...]:
+        """The kernel's per-model constants, built once: per-column λ, learned masks, scratch."""
+        width, batch = model.users.shape[1], config.batch_size
+        return (*(t.numpy() for t in l2_columns(config, width)),
+                *(learned_columns(width, side).numpy() for side in ("user", "item")),
+                np.empty((batch, width), np.float32), np.empty((batch, width), np.float32), np.empty(batch, np.float32))
 
     def epoch(self, epoch: int) -> list[float]:
         return [self._epoch(k, epoch) / self.rows for k in self.live]
 
     def _epoch(self, k: int, epoch: int) -> float:
         model, config = self.models[k], self.configs[k]
-        width = model.users.shape[1]
-        l2 = (t.numpy() for t in l2_columns(config, width))
-        learned = (learned_columns(width, side).numpy() for side in ("user", "item"))
-        batch = config.batch_size
-        scratch = np.empty((batch, width), np.float32), np.empty((batch, width), np.float32), np.empty(batch, np.float32)
         perm = torch.randperm(self.rows, generator=self.generators[k])
         lr = np.float32(config.lr * config.lr_decay ** (epoch - 1))
         # numpy views share the tensors' memory: the loop updates the model's tables in place
-        return sgd_epoch(model.users.detach().numpy(), model.items.detach().numpy(), *self.data, perm.numpy(), batch,
-                         lr, *l2, *learned, *scratch)
+        return sgd_epoch(model.users.detach().numpy(), model.items.detach().numpy(), *self.data, perm.numpy(),
+                         config.batch_size, lr, *self.rules[k])
 
     def valid_rmse(self) -> list[float]:
         return [math.sqrt(squared_error_sum(self.models[k], self.valid)[0].item() / len(self.valid)) for k in self.live]
