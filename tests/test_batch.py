@@ -65,15 +65,15 @@ class Scripted(Objective):
     def config(self, trial):
         return self.configs[trial.number]
 
-    def fit(self, members):
+    def fit(self, members, on_end):
         if len(members) == 1 and self.during:
             self.during(members[0][0])
         if len(members) == 1 and members[0][0].number in self.errors:
             error = self.errors[members[0][0].number]
             if not isinstance(error, Exception):
                 raise error  # Ctrl-C stops the batch, as in training
-            return [error]
-        return super().fit(members)
+            return on_end(0, error)
+        return super().fit(members, on_end)
 
 
 class Study:
@@ -164,6 +164,19 @@ def test_ctrl_c_in_a_stack_closes_and_tells_every_open_trial_of_the_batch(small_
     assert objective.tracker.ended() == {0: ["FINISHED"], 1: ["KILLED"], 2: ["KILLED"], 3: ["KILLED"]}
     note = objective.tracker.runs[2].ended[0][1]["mlflow.note.content"]
     assert note.startswith("Interrupted (Ctrl-C or SIGTERM)")
+
+
+def test_ctrl_c_late_in_a_stack_keeps_the_members_that_had_ended_and_marks_the_others_interrupted(
+        small_split, monkeypatch):
+    interrupt_at(monkeypatch, 2, 3)  # trial 1 (2 epochs) has ended: it is told at once, COMPLETE
+    s = Study()
+    configs = {0: sgd(256).replace(epochs=2), 1: sgd(256), 2: sgd(256).replace(epochs=5)}
+    objective = Scripted(small_split, configs)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(s, objective, ask_batch(s, Cap(10), 3), [s.callback])
+    assert s.states() == [C, F, F] and s.called == [(0, C)]
+    assert objective.tracker.ended() == {0: ["FINISHED"], 1: ["KILLED"], 2: ["KILLED"]}
+    assert [t.user_attrs.get("interrupted") for t in s.study.trials] == [None, True, True]
 
 
 def test_a_storage_error_while_telling_closes_every_run_once_and_propagates(small_split):

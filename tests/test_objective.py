@@ -53,8 +53,9 @@ def _objective(split, tracker=None, cap=None):
 def _run(objective, trial):
     """One trial alone, begin -> fit -> close, as a batch of one runs it; returns its ending and value."""
     config, run = objective.begin(trial)
-    (outcome,) = objective.fit([(trial, config, run)])
-    return objective.close(trial, run, outcome)
+    outcomes = []
+    objective.fit([(trial, config, run)], lambda k, outcome: outcomes.append(outcome))
+    return objective.close(trial, run, *outcomes)
 
 
 def test_a_fixed_trial_trains_reports_and_records_its_config(small_split):
@@ -128,11 +129,12 @@ class _NoData:
         return self
 
 
-def _trials(*states):
+def _trials(*states, attrs=None):
+    """Trials of these states; attrs: {number: user attrs}."""
     study = optuna.create_study()
-    for state in states:
+    for number, state in enumerate(states):
         study.add_trial(create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
-                                     params={}, distributions={}))
+                                     params={}, distributions={}, user_attrs=(attrs or {}).get(number, {})))
     return study.get_trials(deepcopy=False)
 
 
@@ -148,6 +150,12 @@ def test_the_cap_rule():
     assert cap.next_step(_trials(C, R, R, W), heartbeat=False) == "run"  # a retried trial waits its turn
     assert cap.next_step(_trials(C, F), heartbeat=False) == "run"
     assert cap.finished(trials) == 2
+    # interrupted trials (Ctrl-C, SIGTERM) and retried ones (a dead worker's) are not the study's failures
+    interrupted = {n: {"interrupted": True} for n in range(3)}
+    assert cap.next_step(_trials(F, F, F, attrs=interrupted), heartbeat=False) == "run"
+    assert cap.next_step(_trials(F, F, F, W, attrs={3: {"retry_of": 0}}), heartbeat=False) == "run"
+    assert cap.next_step(_trials(F, F, F, attrs={0: {"interrupted": True}, 2: {"retry_of": 1}}),
+                         heartbeat=False) == "run"
 
 
 def test_an_over_cap_trial_fails_before_any_run_starts(small_split):

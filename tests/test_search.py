@@ -368,6 +368,8 @@ def test_ctrl_c_or_sigterm_closes_everything_and_a_rerun_resumes(ws, signum):
     assert ws.parents()[0].info.status == "FINISHED"
     complete = [r for r in ws.runs() if r.data.tags.get("optuna.state") == "COMPLETE"]
     assert len(complete) == 3
+    trials = _trials(ws)
+    assert trials[1].user_attrs["interrupted"] and trials[2].user_attrs["retry_of"] == 1  # run again, first
     assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
 
 
@@ -430,15 +432,20 @@ def test_stacked_trials_are_the_trials_run_one_at_a_time(tmp_path, monkeypatch):
     assert len(workspaces["4"].client.get_metric_history(runs[2].info.run_id, "valid_rmse")) == 5  # its own curve
 
 
-def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_resumes(ws, monkeypatch):
-    space = _stackable_space(ws.root)
+def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_runs_them_again(ws, monkeypatch):
+    """Ctrl-C in the first batch fails every trial of it, as many as the cap: the rerun still
+    reaches the cap, running the interrupted trials again (trial 0 stays the d2l reference)."""
+    space, cap = _stackable_space(ws.root), ("--stack", "3", "--n-trials", "3")
     with monkeypatch.context() as patch:  # the rerun below is not interrupted
-        interrupt_at(patch, 2, 2)  # while trials 1-3 train as one stack
-        assert ws.search("--stack", "4", config=space) == 130
-    states = {t.number: t.state.name for t in _trials(ws)}
-    assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "FAIL"}
+        interrupt_at(patch, 0, 2)  # in trial 0 (d2l, alone); trials 1-2, a stack, have begun
+        assert ws.search(*cap, config=space) == 130
+    assert {t.number: t.state.name for t in _trials(ws)} == {0: "FAIL", 1: "FAIL", 2: "FAIL"}
     status = {int(r.data.tags["optuna.trial_number"]): r.info.status for r in ws.runs() if "optuna.trial_number" in r.data.tags}
-    assert status == {0: "FINISHED", 1: "KILLED", 2: "KILLED", 3: "KILLED"}
-    assert ws.search("--stack", "4", config=space) == 0
-    assert sum(t.state.name == "COMPLETE" for t in _trials(ws)) == 5
+    assert status == {0: "KILLED", 1: "KILLED", 2: "KILLED"}
+    assert ws.search(*cap, config=space) == 0
+    trials = _trials(ws)
+    assert [t.state.name for t in trials[3:]] == ["COMPLETE"] * 3
+    assert [t.user_attrs["retry_of"] for t in trials[3:]] == [0, 1, 2]
+    assert [t.params for t in trials[4:]] == [t.params for t in trials[1:3]]
+    assert trials[3].user_attrs["reference"] == "d2l"
     assert "RUNNING" not in {r.info.status for r in ws.runs()}

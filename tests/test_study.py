@@ -10,7 +10,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from pipeline.search.lease import Lease
 from pipeline.search.options import SearchError, SearchOptions
-from pipeline.search.study import SharedStudy
+from pipeline.search.study import Cap, SharedStudy
 
 
 @pytest.fixture
@@ -147,13 +147,33 @@ def test_steps_cut_short_after_their_work_leave_no_marker_at_the_next_start(shar
 def test_a_retry_interrupted_between_its_fail_and_its_enqueue_is_finished_by_the_next_start(shared):
     from optuna.trial import TrialState
 
-    from pipeline.search.recovery import retry_dead_trials
+    from pipeline.search.recovery import retry_lost_trials
 
     trial = shared.study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     shared.study.tell(trial, state=TrialState.FAIL)  # the retry failed it, then Ctrl-C: nothing enqueued
     Lease(shared.storage, shared.name, f"retry-{trial.number}", grace=0.5)._write(
         {"attempt": 0, "state": "released"})
-    assert retry_dead_trials(shared) == [trial.number]
+    assert retry_lost_trials(shared, Cap(10)) == [trial.number]
     (queued,) = shared.study.get_trials(states=(TrialState.WAITING,))
     assert queued.user_attrs["retry_of"] == trial.number and queued.system_attrs["fixed_params"] == trial.params
-    assert retry_dead_trials(shared) == [] and _names(shared.storage) == ["s"]
+    assert retry_lost_trials(shared, Cap(10)) == [] and _names(shared.storage) == ["s"]
+
+
+def test_interrupted_trials_are_queued_again_once_while_the_cap_has_room(shared):
+    from optuna.trial import TrialState
+
+    from pipeline.search.recovery import retry_lost_trials
+
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    shared.study.enqueue_trial({"x": 0.5}, user_attrs={"reference": "d2l"})
+    for _ in range(3):
+        trial = shared.study.ask(x)
+        trial.set_user_attr("interrupted", True)
+        shared.study.tell(trial, state=TrialState.FAIL)
+    assert retry_lost_trials(shared, Cap(2)) == [0, 1]  # room for two: the reference first
+    queued = shared.study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs for t in queued] == [{"reference": "d2l", "retry_of": 0}, {"retry_of": 1}]
+    assert queued[0].system_attrs["fixed_params"] == {"x": 0.5}
+    assert retry_lost_trials(shared, Cap(2)) == []  # done once; the cap is full
+    assert retry_lost_trials(shared, Cap(3)) == [2] and retry_lost_trials(shared, Cap(3)) == []
+    assert _names(shared.storage) == ["s"]

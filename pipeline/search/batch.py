@@ -5,8 +5,8 @@ stacks).
 them with this process. `run_batch` begins each (`Objective.begin`: cap check, config, its own
 MLflow child run), trains those whose configs share a `stack_key` as one stack (`fit_stack`) and
 the others alone (`Objective.fit`), closes each run and tells each trial exactly once with the
-state `objective.ending` maps its outcome to, then calls the per-trial callbacks with the told
-trial, as `study.optimize` does. Ctrl-C or an error outside a trial (the storage) closes and
+state `objective.ending` maps its outcome to as soon as it ends (a stack's members one by one),
+then calls the per-trial callbacks with the told trial, as `study.optimize` does. Ctrl-C or an error outside a trial (the storage) closes and
 tells every trial still open before it propagates; a bug in one trial is raised once the whole
 batch is told. One thread beats for the batch's open trials while it runs, where the storage
 has a heartbeat, so a dead process's trials go stale and are failed and retried elsewhere.
@@ -65,8 +65,7 @@ def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Tri
     try:
         with _beating(shared, trials, told):
             for members in _begin(objective, trials, runs, settle):
-                for (trial, _, _), outcome in zip(members, _train(objective, members)):
-                    settle(trial, outcome)
+                _train(objective, members, settle)
     except BaseException as exc:  # Ctrl-C, or a storage error: close what is still open
         for trial in trials:
             if trial.number not in told:
@@ -92,12 +91,13 @@ def _begin(objective: Objective, trials: list[optuna.Trial], runs: dict, settle)
     return list(groups.values())
 
 
-def _train(objective: Objective, members: list) -> list[FitResult | Exception]:
-    """Record each member's stack size, then train them as one stack (a lone member: a stack of one)."""
+def _train(objective: Objective, members: list, settle: Callable[[optuna.Trial, FitResult | Exception], None]) -> None:
+    """Record each member's stack size, then train them as one stack (a lone member: a stack of
+    one), settling each member as soon as it ends."""
     for trial, _, run in members:
         trial.set_user_attr("stack_size", len(members))
         run.log(stack_size=len(members))
-    return objective.fit(members)
+    objective.fit(members, lambda k, outcome: settle(members[k][0], outcome))
 
 
 def _abandon(shared: SharedStudy, objective: Objective, trial: optuna.Trial, run, exc: BaseException) -> None:

@@ -19,7 +19,7 @@ from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.search.report import print_summary, start_line
 from pipeline.search.session import Session, prepare
-from pipeline.search.recovery import close_orphan_runs, retry_dead_trials
+from pipeline.search.recovery import close_orphan_runs, retry_lost_trials
 from pipeline.search.study import attach_parent
 from pipeline.search.workers import quiet_libraries, run_workers
 from pipeline.space import SpaceError
@@ -53,7 +53,7 @@ def _main(argv: list[str] | None) -> int:
         if created:
             log_study_inputs(session.tracker, session.space_path, session.space, session.data, session.cap.n,
                              session.shared.name)
-        retry_dead_trials(session.shared)
+        retry_lost_trials(session.shared, session.cap)
         close_orphan_runs(session.study, session.tracker)
         code = run_workers(session)
         if code:

@@ -15,11 +15,12 @@ import torch
 from optuna.trial import TrialState
 
 from pipeline.search.interrupt import raise_if_interrupted
-from pipeline.search.study import Cap
+from pipeline.search.study import INTERRUPTED_ATTR, Cap
 from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
 from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit_stack
+from pipeline.training.driver import EndCallback
 
 __all__ = ["NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
 
@@ -45,13 +46,16 @@ class Ending:
 
     state: told to Optuna. status: the MLflow run's. description: the run's in `mlflow ui`.
     reason: why it failed (user attr and run tag `fail_reason`), None unless FAIL.
-    fatal: a bug or an interrupt, raised once every trial of the batch is told."""
+    fatal: a bug or an interrupt, raised once every trial of the batch is told.
+    interrupted: Ctrl-C or SIGTERM, not the trial's fault: the next start runs it again (user
+    attr `interrupted`; see recovery.retry_lost_trials) and it never counts as the study's failure."""
 
     state: TrialState
     status: str
     description: str = ""
     reason: str | None = None
     fatal: bool = False
+    interrupted: bool = False
 
     def tags(self) -> dict[str, str]:
         tags = {"optuna.state": self.state.name}
@@ -68,7 +72,7 @@ def ending(outcome: BaseException | None) -> Ending:
     working, not a fault); an expected failure (diverged, tracking, over the cap) -> FAIL, FAILED,
     and the study goes on; Ctrl-C or SIGTERM -> FAIL, KILLED; anything else (a bug) -> FAIL,
     FAILED. The last two are fatal: they stop the worker. So red in `mlflow ui` means something
-    went wrong, and an interrupted trial is not the study's failure (a rerun reaches the cap)."""
+    went wrong, and an interrupted trial is not the study's failure (a rerun runs it again)."""
     if outcome is None:
         return Ending(TrialState.COMPLETE, "FINISHED")
     if isinstance(outcome, optuna.TrialPruned):
@@ -77,7 +81,7 @@ def ending(outcome: BaseException | None) -> Ending:
         return Ending(TrialState.FAIL, "FAILED", f"Failed: {outcome}", str(outcome))
     reason = repr(outcome)[:500]
     if isinstance(outcome, KeyboardInterrupt):
-        return Ending(TrialState.FAIL, "KILLED", INTERRUPTED, reason, fatal=True)
+        return Ending(TrialState.FAIL, "KILLED", INTERRUPTED, reason, fatal=True, interrupted=True)
     return Ending(TrialState.FAIL, "FAILED", f"Failed: {reason}", reason, fatal=True)
 
 
@@ -138,12 +142,14 @@ class Objective:
             raise
         return config, run
 
-    def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]]) -> list[FitResult | Exception]:
+    def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]], on_end: EndCallback) -> None:
         """Train the members' models together (configs of one `stack_key`, or one member alone), each
-        reported and prunable epoch by epoch; each one's result or the exception that ended it."""
-        return fit_stack(self.train, [config for _, config, _ in members],
-                         [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
-                         device=self.device, callbacks=[reporter(trial, run) for trial, _, run in members], **self.dims)
+        reported and prunable epoch by epoch; `on_end(k, outcome)` as soon as member k ends (its
+        result or the exception that ended it), so Ctrl-C later in the stack loses only the others."""
+        fit_stack(self.train, [config for _, config, _ in members],
+                  [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
+                  device=self.device, callbacks=[reporter(trial, run) for trial, _, run in members],
+                  on_end=on_end, **self.dims)
 
     def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
         """Log a trained trial's outcome; returns its objective value, the best valid RMSE."""
@@ -167,6 +173,8 @@ class Objective:
         end = ending(outcome)
         if end.reason is not None:
             trial.set_user_attr("fail_reason", end.reason)
+        if end.interrupted:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
         try:  # a tracking error while closing must not hide how the trial ended
             run.end(end.status, tags=end.tags())
         except TrackingError as closing:

@@ -1,6 +1,6 @@
-"""Recovery from dead workers: who they were (host, pid, start time), their trials failed and
-re-queued once (a lease per trial) where no heartbeat does it, and the MLflow runs they left
-RUNNING closed."""
+"""Recovery from interrupted and dead workers: who they were (host, pid, start time), their
+trials re-queued once (a lease per trial; a dead one's failed first where no heartbeat does it),
+and the MLflow runs they left RUNNING closed."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import socket
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.search.study import SharedStudy
+from pipeline.search.study import INTERRUPTED_ATTR, Cap, SharedStudy, retried
 from pipeline.tracking import Tracker
 
-__all__ = ["CloseStaleRuns", "close_orphan_runs", "retry_dead_trials", "this_process"]
+__all__ = ["CloseStaleRuns", "close_orphan_runs", "retry_lost_trials", "this_process"]
 
 
 def this_process() -> str:
@@ -42,41 +42,49 @@ def _started(pid: int) -> str | None:
         return "-"
 
 
-def _gone(worker: str) -> bool:
+def _gone(worker: str | None) -> bool:
     """Whether the process `worker` (see this_process) is known to be dead: only a process of this
     machine can be checked."""
+    if worker is None:
+        return False
     host, pid, started = worker.rsplit(":", 2)
     return host == socket.gethostname() and _started(int(pid)) != started
 
 
-def retry_dead_trials(shared: SharedStudy) -> list[int]:
-    """Fail the trials a process of this machine left RUNNING when it died (SIGKILL, a crash) and
-    enqueue each again with the same parameters, so the study still reaches its cap; returns their
-    numbers. Once per dead trial, whoever else finds it (a lease). Storages with a heartbeat do this
-    for every machine (CloseStaleRuns)."""
-    if shared.heartbeat:
-        return []
-    retried, unfinished = [], set(shared.unfinished("retry-"))
-    for trial in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        worker = trial.user_attrs.get("worker")
-        if trial.state == TrialState.FAIL:  # failed by a retry that was cut short before its enqueue
-            if f"retry-{trial.number}" not in unfinished:
-                continue
-        elif worker is None or not _gone(worker):
+def retry_lost_trials(shared: SharedStudy, cap: Cap) -> list[int]:
+    """Enqueue again, with the same parameters, the trials the study lost: those interrupted
+    (Ctrl-C, SIGTERM) and, where no heartbeat does it (CloseStaleRuns), those a process of this
+    machine left RUNNING when it died (SIGKILL, a crash: failed first). So a rerun reaches the cap
+    with trials that ran to their end, and trial 0 is still the d2l reference. Interrupted trials
+    only while the cap has room (other workers may have filled it). Once per trial, whoever else
+    finds it (a lease). Returns their numbers."""
+    trials = shared.study.get_trials(deepcopy=False)
+    done, unfinished = retried(trials), set(shared.unfinished("retry-"))
+    room = cap.n - sum(t.state in Cap.HOLDERS for t in trials)
+    lost = []
+    for trial in trials:
+        if trial.number in done:
             continue
-        shared.once(f"retry-{trial.number}", lambda t=trial, w=worker: _retry(shared, t, w),
+        if trial.state == TrialState.FAIL:
+            # interrupted, or failed by a retry that was cut short before its enqueue
+            if f"retry-{trial.number}" not in unfinished and not (trial.user_attrs.get(INTERRUPTED_ATTR) and room > 0):
+                continue
+        elif trial.state != TrialState.RUNNING or shared.heartbeat or not _gone(trial.user_attrs.get("worker")):
+            continue
+        room -= trial.state == TrialState.FAIL
+        shared.once(f"retry-{trial.number}", lambda t=trial: _retry(shared, t),
                     lambda n=trial.number: _retry_of(shared.study, n))
-        retried.append(trial.number)
-    return retried
+        lost.append(trial.number)
+    return lost
 
 
-def _retry(shared: SharedStudy, trial: FrozenTrial, worker: str) -> None:
-    """Fail `trial` (unless a holder that died did already) and enqueue its parameters again."""
+def _retry(shared: SharedStudy, trial: FrozenTrial) -> None:
+    """Fail `trial` if it is still RUNNING (its worker died) and enqueue its parameters again."""
     storage = shared.storage
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(shared.name),
                                                                trial.number)
     if storage.get_trial(trial_id).state == TrialState.RUNNING:
-        storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {worker} died")
+        storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker {trial.user_attrs['worker']} died")
         shared.study.tell(trial.number, state=TrialState.FAIL)
     kept = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
     shared.study.enqueue_trial(trial.params, user_attrs={**kept, "retry_of": trial.number})

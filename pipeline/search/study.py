@@ -26,9 +26,11 @@ from pipeline.split import Split
 from pipeline.tracking import Tracker
 from pipeline.urls import masked
 
-__all__ = ["Cap", "SharedStudy", "attach_parent", "check_storage", "open_storage", "open_study"]
+__all__ = ["INTERRUPTED_ATTR", "Cap", "SharedStudy", "attach_parent", "check_storage", "failures", "open_storage",
+           "open_study", "retried"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
+INTERRUPTED_ATTR = "interrupted"  # user attr of a trial ended by Ctrl-C or SIGTERM (objective.ending)
 
 
 def check_storage(url: str, heartbeat: int = SearchOptions.heartbeat,
@@ -153,11 +155,12 @@ class Cap:
         return sum(t.number < trial_number and t.state in self.HOLDERS for t in trials) < self.n
 
     def next_step(self, trials: list[FrozenTrial], heartbeat: bool) -> str:
-        """"stop" (cap reached, or every slot's worth of trials failed), "wait" (running trials
-        fill it and a heartbeat may yet fail a dead one), or "run" one more trial."""
+        """"stop" (cap reached, or a slot's worth of trials failed by their own fault), "wait"
+        (running trials fill it and a heartbeat may yet fail a dead one), or "run" one more trial.
+        Trials interrupted or retried (see `failures`) are not failures: a rerun reaches the cap."""
         states = Counter(t.state for t in trials)
         finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
-        if finished >= self.n or states[TrialState.FAIL] >= self.n:
+        if finished >= self.n or failures(trials) >= self.n:
             return "stop"
         if finished + states[TrialState.RUNNING] >= self.n and not states[TrialState.WAITING]:
             # Without a heartbeat nobody can fail a dead worker's trial: waiting could be forever.
@@ -166,6 +169,21 @@ class Cap:
 
     def finished(self, trials: list[FrozenTrial]) -> int:
         return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of trials that another trial retries (ours: user attr `retry_of`; Optuna's
+    heartbeat retry: system attr `retry_history`, every trial of a chain of retries)."""
+    ours = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return ours.union(*(t.system_attrs.get("retry_history", ()) for t in trials))
+
+
+def failures(trials: list[FrozenTrial]) -> int:
+    """FAIL trials that failed by their own fault: not interrupted (Ctrl-C, SIGTERM), not retried
+    (a dead worker's)."""
+    again = retried(trials)
+    return sum(t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in again
+               for t in trials)
 
 
 def attach_parent(shared: SharedStudy, tracker: Tracker, tags: dict[str, str]) -> bool:

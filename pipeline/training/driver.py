@@ -19,10 +19,12 @@ from typing import Any, Protocol
 from pipeline.model import MatrixFactorization
 from pipeline.training.config import TrainConfig
 
-__all__ = ["Engine", "EpochCallback", "FitResult", "TrainingDiverged", "drive"]
+__all__ = ["EndCallback", "Engine", "EpochCallback", "FitResult", "TrainingDiverged", "drive"]
 
 # (epoch, train_loss, valid_rmse) -> True to stop training. May raise (e.g. optuna.TrialPruned).
 EpochCallback = Callable[[int, float, float], "bool | None"]
+# (model index, its FitResult or the exception that ended it), as soon as that model ends.
+EndCallback = Callable[[int, "FitResult | Exception"], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,10 +95,11 @@ class _Best:
 
 
 def drive(engine: Engine, configs: Sequence[TrainConfig], callbacks: Sequence[EpochCallback | None],
-          has_valid: bool, rows: int) -> list[FitResult | Exception]:
+          has_valid: bool, rows: int, on_end: EndCallback | None = None) -> list[FitResult | Exception]:
     """Train every model of `engine` to its end; returns, in order, each one's FitResult (best
     epoch restored) or the exception that ended it (TrainingDiverged, or what its callback
-    raised, e.g. optuna.TrialPruned). rows: training rows per epoch."""
+    raised, e.g. optuna.TrialPruned). rows: training rows per epoch. on_end(k, outcome): called
+    as soon as model k ends, so that what ended is kept if Ctrl-C stops the others later."""
     results = [FitResult() for _ in configs]
     bests = [_Best() for _ in configs]
     outcomes: list[FitResult | Exception | None] = [None] * len(configs)
@@ -121,6 +124,9 @@ def drive(engine: Engine, configs: Sequence[TrainConfig], callbacks: Sequence[Ep
             if outcomes[k] is None:
                 outcomes[k] = _close(engine, k, results[k], bests[k], rows)
         engine.drop(leaving)
+        for k in leaving:
+            if on_end is not None:
+                on_end(k, outcomes[k])
     return outcomes
 
 

@@ -14,7 +14,7 @@ import torch
 from pipeline.device import cpu_threads, resolve_device
 from pipeline.split import Interactions
 from pipeline.training.config import TrainConfig
-from pipeline.training.driver import EpochCallback, FitResult, drive
+from pipeline.training.driver import EndCallback, EpochCallback, FitResult, drive
 
 __all__ = ["fit", "fit_stack", "refit", "stack_key"]
 
@@ -53,9 +53,10 @@ def fit_stack(train: Interactions, configs: Sequence[TrainConfig], seeds: Sequen
 def _fit_all(train: Interactions, configs: list[TrainConfig], seeds: list[int], *, n_users: int, n_items: int,
              rating_scale: tuple[float, float], valid: Interactions | None = None,
              device: torch.device | str | None = None, callbacks: Sequence[EpochCallback | None] | None = None,
-             threads: int | None = 1, compiled: bool = True) -> list[FitResult | Exception]:
+             threads: int | None = 1, compiled: bool = True, on_end: EndCallback | None = None
+             ) -> list[FitResult | Exception]:
     """valid: scored after every epoch (clamped RMSE) for the callbacks and early stopping; without
-    it every epoch runs. device: see `resolve_device`. threads: CPU intra-op threads during an mf
+    it every epoch runs. on_end: see `drive`. device: see `resolve_device`. threads: CPU intra-op threads during an mf
     fit (bayes keeps torch's: its large batched products pay). compiled: sparse_sgd on a CPU with
     the numba loop (same mathematics, ~3× faster)."""
     device = resolve_device(device)
@@ -65,7 +66,7 @@ def _fit_all(train: Interactions, configs: list[TrainConfig], seeds: list[int], 
     engine = _engine(train, configs, seeds, dims, valid, device, compiled)
     bayes = configs[0].family == "bayes"
     with cpu_threads(device, None if bayes else threads):
-        return drive(engine, configs, callbacks or [None] * len(configs), valid is not None, len(train))
+        return drive(engine, configs, callbacks or [None] * len(configs), valid is not None, len(train), on_end)
 
 
 def _engine(train, configs, seeds, dims, valid, device, compiled: bool):
