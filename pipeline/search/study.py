@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.search.journal import open_journal
 from pipeline.search.lease import Lease, leases, sweep_done
 from pipeline.search.options import SearchError, SearchOptions
 from pipeline.space import SearchSpace
@@ -49,9 +50,7 @@ def open_storage(url: str, heartbeat: int = SearchOptions.heartbeat,
     safe for several local processes, which SQLite is not). heartbeat, grace: seconds (see
     SearchOptions), for database storages other than SQLite."""
     if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(_journal_path(url))))
+        return open_journal(_journal_path(url))
     import sqlalchemy.exc
 
     kwargs = {}
@@ -72,6 +71,9 @@ def open_storage(url: str, heartbeat: int = SearchOptions.heartbeat,
 
 def _journal_path(url: str) -> Path:
     path = Path(url.removeprefix("journal:"))
+    if path.is_dir():
+        raise SearchError(f"--storage {url}: a folder; expected a journal file (e.g. {path / 'optuna.journal'}) "
+                          "or a database URL")
     if not path.parent.is_dir():
         raise SearchError(f"--storage {url}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
