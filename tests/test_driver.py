@@ -70,7 +70,11 @@ def test_each_model_ends_on_its_own_and_the_others_go_on():
                curve(0.9, 0.8, 0.7, 0.6)]
     engine = Scripted(scripts)
     configs = [TrainConfig(epochs=4)] * 3 + [TrainConfig(epochs=2)]
-    outcomes = drive(engine, configs, [prune_at_2, stop_at_3, None, None], True, rows=10)
+    ended = []
+    outcomes = drive(engine, configs, [prune_at_2, stop_at_3, None, None], True, rows=10,
+                     on_end=lambda k, outcome: ended.append((k, outcome, list(engine.live))))
+    assert [(k, outcome) for k, outcome, _ in ended] == [(k, outcomes[k]) for k in (0, 2, 3, 1)]
+    assert [live for _, _, live in ended] == [[1]] * 3 + [[]]  # told when it ends, not when all have
     assert isinstance(outcomes[0], optuna.TrialPruned)
     assert outcomes[1].best_epoch == 3 and outcomes[1].stopped_early
     assert isinstance(outcomes[2], TrainingDiverged) and outcomes[2].epoch == 2
