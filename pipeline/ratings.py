@@ -7,7 +7,9 @@ downstream (`split`, the trainer) depends on this type only, never on the downlo
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["COLUMNS", "IngestError", "Ratings", "canonical", "check_scale", "validate"]
+__all__ = ["COLUMNS", "TIME_RANGE", "IngestError", "Ratings", "canonical", "check_scale", "validate"]
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -28,14 +30,18 @@ class IngestError(ValueError):
 class Ratings:
     """A validated ratings table, sorted by (user_id, item_id), one row per pair.
 
-    `frame` columns: user_id, item_id, rating (float32), timestamp (int64 seconds; 0 where the
-    source has none). Ids are kept exactly, one type per column: int64 when every id of the column
-    is an integer that fits int64, written plainly (`7`, `-3`) or as an integral decimal (`7.0`, as
-    float columns are often exported: `7.0` and `7` are one id). Otherwise str, each id as written
-    (trimmed), integers in plain form (`7.0` -> "7"): `007`, `7e0` and integers beyond int64 stay
-    text of their own, so no two distinct ids merge and no id splits.
+    `frame` columns: user_id, item_id, rating (float32), timestamp (int64 whole seconds since the
+    epoch, UTC, within `TIME_RANGE`: years 1 to 9999; datetimes converted, fractions floored; 0
+    where the source has none). Ids are kept exactly, one type per column (booleans, lists, bytes,
+    dates are refused): int64 when every id of the column is an integer that fits int64, written
+    plainly (`7`, `-3`) or as an integral decimal (`7.0`, as float columns are often exported: `7.0`
+    and `7` are one id). Otherwise str, each id as written (trimmed), integers in plain form (`7.0`
+    -> "7"): `007`, `7e0` and integers beyond int64 stay text of their own, so no two distinct ids
+    merge and no id splits.
     `fingerprint` is the sha256 of that canonical table: the same data from two sources has one
-    fingerprint. `item_titles` maps item_id -> title where the source has titles.
+    fingerprint. `duplicates_dropped`: rows left out because their (user, item) pair has a later
+    rating (reported, not fingerprinted). `item_titles` maps item_id -> title where the source has
+    titles.
     """
 
     frame: pd.DataFrame
@@ -56,6 +62,12 @@ class Ratings:
     @property
     def n_items(self) -> int:
         return self.frame["item_id"].nunique()
+
+    def describe(self) -> str:
+        """One line for people: name, ratings, users, items, and the duplicate pairs dropped."""
+        dropped = self.duplicates_dropped
+        kept = f"; {dropped:,} duplicate (user, item) pair(s) dropped, the latest rating kept" if dropped else ""
+        return f"{self.name}: {len(self):,} ratings, {self.n_users:,} users, {self.n_items:,} items{kept}"
 
     def replace(self, **changes) -> Ratings:
         """A copy with `changes` (e.g. item_titles); the frame is shared, not copied."""
@@ -83,11 +95,8 @@ def validate(frame: pd.DataFrame, where: str, lines, *, name: str, rating_scale)
         raise IngestError(f"{where}: {at(row)}, column 'rating': {rating[row]:g} is outside the rating "
                           f"scale: expected {low:g} <= rating <= {high:g}")
     out["rating"] = rating.astype(np.float32)
-    if "timestamp" in frame.columns:
-        out["timestamp"] = _numbers(frame["timestamp"], where, at,
-                                    "is not a number: expected seconds since the epoch").astype(np.int64)
-    else:
-        out["timestamp"] = np.zeros(len(out), dtype=np.int64)
+    has_time = "timestamp" in frame.columns
+    out["timestamp"] = _timestamps(frame["timestamp"], where, at) if has_time else np.zeros(len(out), dtype=np.int64)
     return canonical(out, name=name, rating_scale=(low, high), source=where)
 
 
@@ -112,12 +121,79 @@ def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
     return values
 
 
+# A timestamp is whole seconds since the epoch within Python's datetime range, years 1 to 9999 (UTC).
+# Beyond it a value is no time (1e30) or another unit (milliseconds read as seconds); inside it
+# split's `-timestamp` cannot overflow and float64 holds every value exactly.
+TIME_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
+def _timestamps(column: pd.Series, where: str, at) -> np.ndarray:
+    """int64 seconds since the epoch (N,): numbers floored to whole seconds, datetimes of any unit
+    and zone as UTC. A value that is no number, no datetime or outside `TIME_RANGE` is an error."""
+    low, high = TIME_RANGE
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_convert(None)
+    if pd.api.types.is_datetime64_dtype(column.dtype):
+        missing = column.isna().to_numpy()
+        if missing.any():
+            row = int(np.argmax(missing))
+            raise IngestError(f"{where}: {at(row)}, column {column.name!r}: missing value: expected a date and time")
+        values = column.to_numpy().astype("datetime64[s]").view(np.int64)  # floors, like the numbers
+    elif pd.api.types.is_integer_dtype(column.dtype) and not column.isna().any():
+        # exact (uint64 too): compared with the range before any cast
+        values = column.to_numpy(dtype=getattr(column.dtype, "numpy_dtype", column.dtype))
+    else:
+        _refuse_kind(column, where, at, "expected seconds since the epoch or a datetime")
+        values = np.floor(_numbers(column, where, at, "is not a number: expected seconds since the epoch"))
+    outside = (values < low) | (values > high)
+    if outside.any():
+        row = int(np.argmax(outside))
+        number = not pd.api.types.is_datetime64_dtype(column.dtype)
+        hint = "; milliseconds? divide by 1000" if number and low <= float(values[row]) / 1000 <= high else ""
+        raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {column.iloc[row]} is out of range: expected "
+                          f"a time within years 1 to 9999 UTC (seconds since the epoch {low} to {high}){hint}")
+    return values.astype(np.int64)
+
+
+# What an id or a time may be read from: numbers and text (not lists, bytes, booleans, dates...).
+_SCALARS = (str, int, float, np.integer, np.floating, decimal.Decimal)
+
+
+def _refuse_kind(column: pd.Series, where: str, at, expected: str) -> None:
+    """An error at the first value that is neither a number nor text: a boolean, datetime or other
+    typed column at its first value; an object column (parquet lists, bytes, structs, dates) at the
+    first such value."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _refuse_kind(pd.Series(np.asarray(column), name=column.name), where, at, expected)
+    if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+        return
+    if dtype == object:
+        if pd.api.types.infer_dtype(column, skipna=True) in ("string", "integer", "floating", "decimal", "empty"):
+            return
+        foreign = [isinstance(v, (bool, np.bool_)) or not (v is None or v is pd.NA or isinstance(v, _SCALARS))
+                   for v in column.tolist()]
+        if not any(foreign):
+            return
+        row = foreign.index(True)
+    elif pd.api.types.is_string_dtype(dtype):
+        return
+    else:
+        row = int(np.argmax(column.notna().to_numpy()))
+    value = column.iloc[row]
+    value = value.item() if isinstance(value, np.generic) else value
+    kind = "list" if isinstance(value, (list, np.ndarray)) else type(value).__name__
+    shown = reprlib.repr(value) if isinstance(value, (list, np.ndarray, dict, bytes)) else repr(value)
+    raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {shown} is a {kind}: {expected}")
+
+
 # An integer as integer and float columns write it: 7, -3, 7.0 (not 007, +7, 7e0: those stay text).
 _INTEGER = r"-?(?:0|[1-9][0-9]*)(?:\.0+)?"
 
 
 def _ids(column: pd.Series, where: str, at) -> pd.Series:
     """int64 where every id is an integer that fits, else str (see `Ratings` for the rule)."""
+    _refuse_kind(column, where, at, "expected an integer or text id")
     missing = column.isna().to_numpy()
     if pd.api.types.is_integer_dtype(column.dtype) and not missing.any():
         if column.dtype != np.uint64 or column.max() <= np.iinfo(np.int64).max:
@@ -125,6 +201,10 @@ def _ids(column: pd.Series, where: str, at) -> pd.Series:
         return column.astype(str)  # beyond int64: exact as text
     if pd.api.types.is_float_dtype(column.dtype) and not missing.any():
         values = column.to_numpy(dtype=np.float64)
+        if np.isinf(values).any():
+            row = int(np.argmax(np.isinf(values)))
+            raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {values[row]} is not finite: "
+                              "expected an integer or text id")
         integral = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
         if integral.all():
             return column.astype(np.int64)

@@ -21,7 +21,8 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
                        help="declared rating scale, e.g. 1,5 (=-10,10 for a negative low); a rating outside "
                             "it is an error (default: MovieLens's own, else the file's min and max)")
     group.add_argument("--columns", type=_flag(column_map), metavar="OURS=THEIRS,...",
-                       help="a file's column names, e.g. user_id=userId,item_id=movieId,rating=stars; "
+                       help="a file's column names, e.g. user_id=userId,item_id=movieId,rating=stars (each "
+                            "must exist; it wins over a column read by default, e.g. 'rating'); "
                             "with --no-header, our names in the file's field order, e.g. item_id,user_id,rating")
     group.add_argument("--sep", type=_flag(check_sep), help="a text file's field separator, e.g. ';' or "
                        "'\\t' (default: by the file name: .csv comma, .tsv tab, .dat ::)")
