@@ -121,15 +121,17 @@ def _numbers(column: pd.Series, where: str, at, problem: str) -> np.ndarray:
     return values
 
 
-# A timestamp is whole seconds since the epoch within Python's datetime range, years 1 to 9999 (UTC).
-# Beyond it a value is no time (1e30) or another unit (milliseconds read as seconds); inside it
-# split's `-timestamp` cannot overflow and float64 holds every value exactly.
-TIME_RANGE = (-62_135_596_800, 253_402_300_799)
+# A timestamp is a whole number of seconds since the epoch (a finer unit, e.g. milliseconds,
+# orders the temporal split just as well, so it is kept as it is), at most 2^53 in magnitude: float64
+# holds every such value exactly and split's `-timestamp` cannot overflow. Beyond it a value is no
+# time (1e30, once stored as INT64_MIN).
+TIME_RANGE = (-2**53, 2**53)
 
 
 def _timestamps(column: pd.Series, where: str, at) -> np.ndarray:
-    """int64 seconds since the epoch (N,): numbers floored to whole seconds, datetimes of any unit
-    and zone as UTC. A value that is no number, no datetime or outside `TIME_RANGE` is an error."""
+    """int64 times since the epoch (N,): numbers floored to whole units (seconds expected), datetimes
+    of any unit and zone as UTC seconds. A value that is no number, no datetime or outside
+    `TIME_RANGE` is an error."""
     low, high = TIME_RANGE
     if isinstance(column.dtype, pd.DatetimeTZDtype):
         column = column.dt.tz_convert(None)
@@ -148,10 +150,8 @@ def _timestamps(column: pd.Series, where: str, at) -> np.ndarray:
     outside = (values < low) | (values > high)
     if outside.any():
         row = int(np.argmax(outside))
-        number = not pd.api.types.is_datetime64_dtype(column.dtype)
-        hint = "; milliseconds? divide by 1000" if number and low <= float(values[row]) / 1000 <= high else ""
         raise IngestError(f"{where}: {at(row)}, column {column.name!r}: {column.iloc[row]} is out of range: expected "
-                          f"a time within years 1 to 9999 UTC (seconds since the epoch {low} to {high}){hint}")
+                          f"a time since the epoch within ±2^53 (seconds, or a finer unit)")
     return values.astype(np.int64)
 
 

@@ -3,7 +3,6 @@ guessed), dropped duplicates reported, and ids and timestamps of the types they 
 
 import datetime
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -184,17 +183,15 @@ def test_zoned_datetimes_are_utc(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
-@pytest.mark.parametrize("value,shown,hint", [
-    (1e30, {"csv": "1e30", "parquet": "1e+30"}, False),
-    (-1e30, {"csv": "-1e30", "parquet": "-1e+30"}, False),
-    (1_600_000_000_000, {"csv": "1600000000000", "parquet": "1600000000000"}, True),
-    (TIME_RANGE[1] + 1, {"csv": str(TIME_RANGE[1] + 1), "parquet": str(TIME_RANGE[1] + 1)}, True),
-    (TIME_RANGE[0] - 1, {"csv": str(TIME_RANGE[0] - 1), "parquet": str(TIME_RANGE[0] - 1)}, True),
-    (1e300, {"csv": "1e+300", "parquet": "1e+300"}, False),
+@pytest.mark.parametrize("value,shown", [
+    (1e30, {"csv": "1e30", "parquet": "1e+30"}),
+    (-1e30, {"csv": "-1e30", "parquet": "-1e+30"}),
+    (TIME_RANGE[1] + 2, {"csv": str(TIME_RANGE[1] + 2), "parquet": str(TIME_RANGE[1] + 2)}),  # float64-exact
+    (TIME_RANGE[0] - 2, {"csv": str(TIME_RANGE[0] - 2), "parquet": str(TIME_RANGE[0] - 2)}),
+    (1e300, {"csv": "1e+300", "parquet": "1e+300"}),
 ])
-def test_a_timestamp_that_is_no_time_is_refused_alike_in_csv_and_parquet(tmp_path, kind, value, shown, hint):
-    """Such a value was stored as INT64_MIN (or as year 52,000); now one error: file, line or row,
-    column, value, the bound."""
+def test_a_timestamp_that_is_no_time_is_refused_alike_in_csv_and_parquet(tmp_path, kind, value, shown):
+    """Such a value was stored as INT64_MIN; now one error: file, line or row, column, value, the bound."""
     if kind == "csv":
         path = _csv(tmp_path, f"user,item,rating,timestamp\n1,10,4,100\n2,10,3,{shown['csv']}\n")
         where = "line 3"
@@ -204,20 +201,16 @@ def test_a_timestamp_that_is_no_time_is_refused_alike_in_csv_and_parquet(tmp_pat
         where = "row 1"
     with pytest.raises(IngestError) as error:
         ingest.read_file(path)
-    assert str(error.value) == (
-        f"{path}: {where}, column 'timestamp': {shown[kind]} is out of range: expected a time within years 1 to "
-        f"9999 UTC (seconds since the epoch {TIME_RANGE[0]} to {TIME_RANGE[1]})"
-        + ("; milliseconds? divide by 1000" if hint else ""))
+    assert str(error.value) == (f"{path}: {where}, column 'timestamp': {shown[kind]} is out of range: expected a "
+                                "time since the epoch within ±2^53 (seconds, or a finer unit)")
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # nothing left behind
 
 
-def test_the_time_range_ends_are_accepted(tmp_path):
+def test_the_time_range_ends_and_milliseconds_are_accepted(tmp_path):
     low, high = TIME_RANGE
-    r = ingest.read_file(_csv(tmp_path, f"user,item,rating,timestamp\n1,10,4,{low}\n2,10,3,{high}\n"))
-    assert sorted(r.frame["timestamp"]) == [low, high]
-    assert datetime.datetime.fromtimestamp(high, datetime.timezone.utc).year == 9999
-    assert datetime.datetime.fromtimestamp(low, datetime.timezone.utc) == datetime.datetime(
-        1, 1, 1, tzinfo=datetime.timezone.utc)
+    r = ingest.read_file(_csv(tmp_path, f"user,item,rating,timestamp\n1,10,4,{low}\n2,10,3,{high}\n"
+                                        "3,10,3,1600000000000\n"))
+    assert sorted(r.frame["timestamp"]) == [low, 1_600_000_000_000, high]  # ms order the split as well
 
 
 @pytest.mark.parametrize("column,shown", [
@@ -225,15 +218,12 @@ def test_the_time_range_ends_are_accepted(tmp_path):
      "row 0, column 'timestamp': True is a bool: expected seconds since the epoch or a datetime"),
     (pa.array([pd.Timestamp("2020-01-01"), None]),
      "row 1, column 'timestamp': missing value: expected a date and time"),
-    (pa.array([np.datetime64("12000-01-01", "us")] * 2),
-     "row 0, column 'timestamp': 12000-01-01 00:00:00 is out of range"),
 ])
 def test_parquet_timestamps_of_the_wrong_kind_are_refused(tmp_path, column, shown):
     path = _parquet(tmp_path, {"user_id": [1, 2], "item_id": [10, 10], "rating": [4.0, 3.0], "timestamp": column})
     with pytest.raises(IngestError) as error:
         ingest.read_file(path)
     assert str(error.value).startswith(f"{path}: {shown}")
-    assert "milliseconds" not in str(error.value)
 
 
 def test_csv_timestamps_that_are_no_numbers_name_their_line(tmp_path):
