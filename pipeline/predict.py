@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_mlflow(args.tracking_uri)  # the command's one MLflow set-up
     try:
         bundle = load_bundle(args.model)
-        user, item = bundle.parse_id(args.user, "--user"), bundle.parse_id(args.item, "--item")
+        user = bundle.parse_id("user_id", args.user, "--user")
+        item = bundle.parse_id("item_id", args.item, "--item")
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import json
 import sys
 
 import numpy as np
+import pandas as pd
 
 from pipeline.bundle import load_bundle
 from pipeline.predict import model_arguments
@@ -18,13 +19,16 @@ __all__ = ["main", "top_unseen"]
 
 
 def top_unseen(bundle, user_id, top: int) -> list[tuple[object, float]]:
-    """The `top` highest-scored items the user has not rated in training: [(item_id, rating)]."""
+    """The `top` highest-scored items the user has not rated in training: [(item_id, rating)], ids
+    as Python ints or strs (the item column's kind), best first, ties in id order."""
     seen = bundle.seen
-    rated = seen["item_id"].to_numpy()[seen["user_id"].to_numpy() == user_id]
-    candidates = np.setdiff1d(np.unique(seen["item_id"].to_numpy()), rated)
-    scores = bundle.score(np.full(len(candidates), user_id, dtype=seen["user_id"].dtype), candidates)
+    rated = seen.loc[seen["user_id"].eq(user_id).to_numpy(), "item_id"]
+    candidates = pd.Index(seen["item_id"].unique()).difference(pd.Index(rated.unique())).tolist()  # sorted
+    if not candidates:
+        return []
+    scores = bundle.score([user_id] * len(candidates), candidates)
     best = np.argsort(-scores, kind="stable")[:top]
-    return [(candidates[i].item() if hasattr(candidates[i], "item") else candidates[i], float(scores[i])) for i in best]
+    return [(candidates[i], float(scores[i])) for i in best]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_mlflow(args.tracking_uri)  # the command's one MLflow set-up
     try:
         bundle = load_bundle(args.model)
-        user = bundle.parse_id(args.user, "--user")
+        user = bundle.parse_id("user_id", args.user, "--user")
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

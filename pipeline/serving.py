@@ -1,12 +1,17 @@
 """The registered model's pyfunc, logged as an MLflow "model from code" (no pickle anywhere).
 
-Input: a DataFrame with columns `user_id` and `item_id` (any order, found by name), integers or
-strings as the training data's ids were. Output: float32 (N,) predicted ratings, clamped to the
-rating scale. Ids go through the exported raw-id scorer (`scorer/model.pt2`, the program that
-`mlflow.pytorch.load_model` returns); string ids are first replaced by their position in
-`vocabulary.json`. An unknown id scores as the fallback row (the global mean plus the known
-side's bias). A missing column, or an id that is not of the model's kind (20.5, "abc" for an
-integer model), is an error, never a silent score.
+Input: a DataFrame with columns `user_id` and `item_id` (any order, found by name; from JSON, a
+CSV body with a header row, or in process). Each column has its own kind, as the training data's
+ids had. An integer column takes integers within int64 (7, "7"; floats such as 7.0 up to 2**53,
+past which a float no longer names one integer). A string column takes text (trimmed); a number
+stands for its plain text (7 -> "7") unless the model has ids such as "007" that no number names.
+Output: float32 (N,) predicted ratings, clamped to the rating scale. Ids go through the exported
+scorer (`scorer/model.pt2`); a string column's ids are first replaced by their position in
+`vocabulary.json` ({column: ids}, string columns only). An id of the column's kind unseen in
+training scores as the fallback row (the global mean plus the known side's bias). A missing
+column, or a value that cannot be an id of its column (20.5, inf, 1e30, 2**64 - 20, true, "abc"
+in an integer column; true or null in any), is an error naming the column, the row, the value and
+what was expected (HTTP 400 from `mlflow models serve`), never a silent score.
 
 MLflow runs this file to load the model: it imports nothing from `pipeline`.
 """
@@ -14,6 +19,8 @@ MLflow runs this file to load the model: it imports nothing from `pipeline`.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import mlflow
@@ -24,16 +31,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 COLUMNS = ("user_id", "item_id")
+LOW, HIGH = -(2**63), 2**63 - 1  # an integer column's ids are int64: anything outside is no id of the model
+EXACT = 2.0**53  # a float names an integer id only up to this size (beyond, a JSON float was rounded)
+_INTEGER_TEXT = re.compile(r"(-?[0-9]+)(?:\.0+)?")  # 7, -3, 7.0: how integer ids are written
+_PLAIN_INTEGER = r"-?(?:0|[1-9][0-9]*)"  # the one way str(int) writes an integer
 
 
 class RatingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.scorer = torch.export.load(str(Path(context.artifacts["scorer"]) / "model.pt2")).module()
-        vocabulary = context.artifacts.get("vocabulary")
-        self.positions = None  # for string ids: raw id -> its row in the scorer
-        if vocabulary:
-            ids = json.loads(Path(vocabulary).read_text())
-            self.positions = {column: pd.Index(ids[column]) for column in COLUMNS}
+        path = context.artifacts.get("vocabulary")
+        vocabulary = json.loads(Path(path).read_text()) if path else {}
+        # string columns only: raw id -> its row in the scorer; integer columns are the scorer's own ids
+        self.positions = {column: pd.Index(ids, dtype=object) for column, ids in vocabulary.items()}
+        self.numbers_ok = {column: _numbers_unambiguous(ids) for column, ids in vocabulary.items()}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         if not isinstance(model_input, pd.DataFrame):
@@ -42,19 +53,105 @@ class RatingModel(mlflow.pyfunc.PythonModel):
         if missing:
             _refuse(f"missing column(s) {missing}: expected columns user_id and item_id, found "
                     f"{[str(c) for c in model_input.columns]}")
+        if len(model_input) == 0:
+            return np.empty(0, dtype=np.float32)
         pairs = np.stack([self._ids(model_input[c]) for c in COLUMNS], axis=1)
         with torch.no_grad():
             return self.scorer(torch.from_numpy(pairs)).numpy()
 
     def _ids(self, column: pd.Series) -> np.ndarray:
-        """int64 ids for the scorer: integral numbers as they are, strings by their position."""
-        if self.positions is not None:
-            return self.positions[column.name].get_indexer(column.astype(str)).astype(np.int64)  # unknown: -1
-        values = pd.to_numeric(column, errors="coerce")
-        bad = values.isna() | (values != np.floor(values))
-        if bad.any():
-            _refuse(f"column {column.name}: {column[bad].iloc[0]} is not an integer id: this model's ids are integers")
-        return values.to_numpy().astype(np.int64)
+        """int64 (N,) for the scorer: an integer column's ids as they are, a string column's positions
+        in the vocabulary (-1, the fallback row, for ids unseen in training)."""
+        if column.name not in self.positions:
+            return _integers(column)
+        texts = _texts(column, self.numbers_ok[column.name])
+        return self.positions[column.name].get_indexer(texts).astype(np.int64)
+
+
+def _integers(column: pd.Series) -> np.ndarray:
+    """An integer column's values as int64 (N,): integers (not booleans), integral floats and
+    integer text, each within int64; the first other value is refused."""
+    kind = column.dtype.kind if not column.isna().any() else "O"
+    if kind in "iu":
+        values = column.to_numpy()
+        bad = values > HIGH if kind == "u" else np.zeros(len(values), dtype=bool)
+    elif kind == "f":
+        values = column.to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) <= EXACT))
+    else:
+        parsed = [_integer(value) for value in column.tolist()]
+        bad = np.array([p is None for p in parsed], dtype=bool)
+        values = np.array([0 if p is None else p for p in parsed], dtype=np.int64)
+    if bad.any():
+        _refuse_value(column, int(np.argmax(bad)), "an integer from -2**63 to 2**63-1 (as a float, integral and "
+                      "at most 2**53 in size): this model's {side} ids are integers")
+    return values.astype(np.int64)
+
+
+def _integer(value) -> int | None:
+    """One value as an int within int64, or None when it cannot be one."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer() and abs(value) <= EXACT):
+            return None
+        number = int(value)
+    elif isinstance(value, str) and (match := _INTEGER_TEXT.fullmatch(value.strip())):
+        number = int(match.group(1))
+    else:
+        return None
+    return number if LOW <= number <= HIGH else None
+
+
+def _texts(column: pd.Series, numbers_ok: bool) -> list[str]:
+    """A string column's values as the ids' text: strings trimmed, numbers as their plain text."""
+    if pd.api.types.is_string_dtype(column) and not column.isna().any():
+        return column.astype(str).str.strip().tolist()
+    texts = []
+    for row, value in enumerate(column.tolist()):
+        if isinstance(value, str):
+            texts.append(value.strip())
+            continue
+        number = _number_text(value)
+        if number is None:
+            _refuse_value(column, row, "text (this model's {side} ids are strings)")
+        if not numbers_ok:
+            _refuse_value(column, row, "text: this model has {side} ids that a number cannot name (such as "
+                          "'007'), so send them as JSON strings, not as numbers or CSV")
+        texts.append(number)
+    return texts
+
+
+def _number_text(value) -> str | None:
+    """The plain text of a number as the ratings file's ids keep it (7.0 -> "7"), or None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return None
+
+
+def _numbers_unambiguous(ids: list[str]) -> bool:
+    """Whether a number may stand for a text id: no id reads as a number written otherwise
+    ("007", "+7", "1e3", "1.50"), so `_number_text` gives back the id a client wrote."""
+    text = pd.Series(ids, dtype=object)
+    other = text[~text.str.fullmatch(_PLAIN_INTEGER) | (text == "-0")]
+    numeric = other[pd.to_numeric(other, errors="coerce").notna()]
+    return all(_number_text(float(t)) == t for t in numeric)
+
+
+def _refuse_value(column: pd.Series, row: int, expected: str) -> None:
+    """Refuse the value at `row` (0-based) of `column`; `expected` may name the column's {side}."""
+    value = column.iloc[row]
+    missing = value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+    shown = "a missing value" if missing else repr(value.item() if isinstance(value, np.generic) else value)
+    side = str(column.name).split("_")[0]
+    _refuse(f"column {column.name}, row {row}: {shown} cannot be one of this model's {side} ids: expected "
+            f"{expected.format(side=side)}")
 
 
 def _refuse(message: str) -> None:
