@@ -15,9 +15,9 @@ import sys
 import typing
 
 from pipeline import ingest
-from pipeline.device import resolve_device
+from pipeline.device import device_memory, resolve_device
 from pipeline.evaluate import baselines, evaluate
-from pipeline.split import STRATEGIES, split
+from pipeline.split import STRATEGIES, Split, split
 from pipeline.training import OPTIMIZERS, TrainConfig, TrainingDiverged, fit, refit
 
 __all__ = ["main", "parser"]
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {"path": args.data_path} if args.data_path else {}
         ratings = ingest.load(args.dataset, **options, **ingest.source_options(args))
         data = split(ratings, args.split, test=args.test, valid=args.valid, seed=args.seed)
-    except ValueError as exc:  # IngestError, a bad config value or device
+        _check_memory(config, data, device, args.refit)
+    except ValueError as exc:  # IngestError, a bad config value or device, a model too large for the device
         p.error(str(exc))
     say = (lambda *a, **k: None) if args.json else print
     say(f"{ratings.name}: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} items; "
@@ -95,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     out = _scores(args, data, config, device, result, final, valid, test)
     print(json.dumps(_json_safe(out), allow_nan=False) if args.json else _text(out))
     return 0
+
+
+def _check_memory(config: TrainConfig, data: Split, device, refit: bool) -> None:
+    """Refuse, before anything is allocated, a model whose fit (or refit on train+valid) needs
+    more than the device's memory (`TrainConfig.memory_bytes` against `device_memory`, bytes)."""
+    train, valid = len(data.train_rows), len(data.valid_rows)
+    need = config.memory_bytes(data.n_users, data.n_items, train, valid)
+    if refit:
+        need = max(need, config.memory_bytes(data.n_users, data.n_items, train + valid))
+    have = device_memory(device)
+    if need > have:
+        more = " (or --epochs, or raise --burn-in: bayes keeps every sweep after burn-in)" \
+            if config.family == "bayes" else ""
+        raise ValueError(f"--factors {config.factors}: a {config.family} model on {data.n_users} users x "
+                         f"{data.n_items} items needs ~{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                         f"of {device}; lower --factors{more}")
 
 
 def _scores(args, data, config, device, result, final, valid, test) -> dict:

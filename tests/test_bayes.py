@@ -133,3 +133,21 @@ def test_on_cuda_it_samples_as_well_as_on_the_cpu(small_split, cuda):
     on_gpu = fit(small_split.part("train"), config, valid=small_split.part("test"), device=cuda, **small_split.dims)
     assert on_gpu.model.users.device.type == "cuda"
     assert on_gpu.best_valid_rmse == pytest.approx(on_cpu.best_valid_rmse, abs=0.02)
+
+
+def test_the_memory_estimate_is_led_by_the_larger_sides_precision_matrices():
+    # 16 R d² bytes: four float32 (R, d, d) batches (S, the prior's diagonal, αS, the precision),
+    # R the larger side's rows, d = factors + 1; the rest grows with factors, not factors².
+    config = TrainConfig(family="bayes", factors=300, epochs=3, burn_in=1)
+    need = config.memory_bytes(1000, 4000)
+    leading = 1.1 * 16 * 4001 * 301**2
+    assert leading < need < 1.05 * leading
+    assert config.memory_bytes(4000, 1000) == need  # which side is larger does not matter
+    assert 3.9 < config.replace(factors=601).memory_bytes(1000, 4000) / need < 4.1
+
+
+def test_the_memory_estimate_counts_the_kept_samples():
+    config = TrainConfig(family="bayes", factors=10, epochs=60, burn_in=0)
+    more_burn_in = config.replace(burn_in=30)
+    assert config.memory_bytes(1000, 2000) > more_burn_in.memory_bytes(1000, 2000)
+    assert config.replace(epochs=120).memory_bytes(1000, 2000) > config.memory_bytes(1000, 2000)

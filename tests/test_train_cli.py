@@ -157,3 +157,33 @@ def test_bad_reader_flags_fail_with_usage(argv, message, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("the memory check must refuse before any training")
+
+
+def test_a_model_too_large_for_the_device_is_refused_before_any_training(ratings_csv, capsys, monkeypatch):
+    import pipeline.train
+
+    monkeypatch.setattr(pipeline.train, "fit", _no_training)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", str(ratings_csv), "--family", "bayes", "--factors", "100000"])
+    assert exit_.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert "--factors 100000: a bayes model on" in line and "GiB, more than the" in line
+    assert "lower --factors" in line and "--epochs" in line
+
+
+def test_the_memory_check_compares_the_estimate_with_the_device_memory(ratings_csv, capsys, monkeypatch):
+    import pipeline.train
+
+    monkeypatch.setattr(pipeline.train, "device_memory", lambda device: 2**16)  # a 64 KiB device
+    monkeypatch.setattr(pipeline.train, "fit", _no_training)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dataset", str(ratings_csv), "--factors", "30"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--factors 30: a mf model on" in err and "more than the 0.0 GiB of cpu; lower --factors\n" in err
+    monkeypatch.undo()
+    assert main(["--dataset", str(ratings_csv), "--factors", "30", "--epochs", "1", "--json"]) == 0  # it fits here

@@ -10,6 +10,8 @@ import typing
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from pipeline.evaluate import _CHUNK
+
 __all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "TrainConfig"]
 
 # torch.optim's update rules (its own classes, one optimizer per model of a stack); "sparse_sgd"
@@ -109,15 +111,87 @@ class TrainConfig(BaseModel):
     def l2_biases(self) -> float:
         return self.l2 if self.l2_bias is None else self.l2_bias
 
-    def memory_bytes(self, n_users: int, n_items: int) -> int:
-        """A rough peak of training memory, to refuse sizes that cannot fit before any training:
-        the float32 tables and their copies (gradients, optimizer state, best epoch, implicit
-        blocks); for bayes, the kept samples and each side's (rows, d, d) precision matrices."""
-        width = self.factors + 2
-        tables = (n_users + n_items + 2) * width * 4
-        if self.family == "bayes":
-            return tables * (4 + self.epochs - self.burn_in) + 3 * (max(n_users, n_items) + 1) * width * width * 4
-        return tables * 7
+    def memory_bytes(self, n_users: int, n_items: int, rows: int = 0, valid_rows: int = 0) -> int:
+        """Peak memory of one fit, bytes: sizes that cannot fit are refused before any training.
+
+        rows, valid_rows: the training and valid rows (0: the terms that grow with them left out).
+        Counted from what the engines allocate (`_bayes_bytes`, `_mf_bytes`; float32 is 4 bytes),
+        plus 10 % for what the count leaves out (allocator rounding, library workspaces, small
+        temporaries); bench/memory.py checks it against measured peaks."""
+        shape = _Shape(n_users + 1, n_items + 1, self.factors + 2, rows, valid_rows)
+        need = _bayes_bytes(self, shape) if self.family == "bayes" else _mf_bytes(self, shape)
+        return int(need * 1.1)
+
+
+class _Shape(typing.NamedTuple):
+    """A fit's sizes: table rows (entities + the fallback row), width w = factors + 2, data rows."""
+
+    users: int
+    items: int
+    width: int
+    rows: int
+    valid: int
+
+    @property
+    def tables(self) -> int:
+        """Bytes of one user table and one item table, float32."""
+        return 4 * (self.users + self.items) * self.width
+
+
+def _blocks(implicit: str, s: _Shape) -> list[tuple[int, int]]:
+    """Per implicit block: (bytes of the side's table it folds into, bytes of the block)."""
+    users, items = 4 * s.users * s.width, 4 * s.items * s.width
+    return [(users, items)] * (implicit in ("user", "both")) + [(items, users)] * (implicit in ("item", "both"))
+
+
+def _bayes_bytes(c: TrainConfig, s: _Shape) -> int:
+    """The Gibbs engine (gibbs.py). Held: P and Q (one pair of tables), the kept samples' totals and
+    the current one (S + 1 pairs, S = epochs - burn_in), each implicit block with its fold and
+    offset (3 blocks), the two Sides' CSR (52 B per row each: weight, two layouts of order and
+    columns, four value arrays), the fitted rows' copies (25 B per row), the valid score (8 B per
+    valid row). A sweep's peak on top, the largest of: the larger side's (R, d, d) float32 stage
+    (S, the diagonal prior, αS and their sum: 16 R d² bytes, d = factors + 1; then S, the
+    precision and its Cholesky factor: less), the train error's gathers (U[u], V[i], their product:
+    12 w + 16 B per row), the valid's (12 w B per valid row); plus 3 pairs of per-row working
+    copies. Or the export's peak (`_export_bytes`), after the last sweep."""
+    samples, d = c.epochs - c.burn_in, c.factors + 1
+    blocks = sum(block for _, block in _blocks(c.implicit, s))
+    held = s.tables * (samples + 2) + 3 * blocks + (2 * 52 + 25) * s.rows + 8 * s.valid
+    sweep = max(16 * max(s.users, s.items) * d * d, (12 * s.width + 16) * s.rows, 12 * s.width * s.valid)
+    return held + max(sweep + 3 * s.tables, _export_bytes(c.factors, samples, s))
+
+
+def _export_bytes(factors: int, samples: int, s: _Shape) -> int:
+    """gibbs.export over S kept samples: their stacks (S pairs of tables), P and Q (C = S · factors
+    columns, float32), then, when C exceeds the shorter side's rows m, the reduction in float64
+    (both sides, R of the QR and the product: 8 ((U + I) C + m C + (U + I) m) bytes), else the
+    scorer's tables (C + 2 columns)."""
+    rows, shorter, columns = s.users + s.items, min(s.users, s.items), samples * factors
+    stacks = samples * s.tables + 4 * rows * columns
+    if columns > shorter:
+        return stacks + 8 * (rows * columns + shorter * columns + rows * shorter)
+    return stacks + 4 * rows * (columns + 2)
+
+
+# Optimizer state per learned table: torch.optim's buffers (sgd's momentum, adam's two moments, ...).
+_STATE = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1, "sparse_sgd": 0}
+
+
+def _mf_bytes(c: TrainConfig, s: _Shape) -> int:
+    """The mf engines (tensor.py; compiled.py holds less). Held: the model's tables and the
+    engine's, a dense rule's gradient (sparse_sgd has none) and state (`_STATE`), the best epoch's
+    snapshot; per implicit block its table, gradient and state, its side's scored table (own +
+    fold) and its Side's CSR (56 B per row: `_bayes_bytes`'s 52 and the block's reach). The peak
+    on top, the largest of: an epoch's (40 B per row: the permutation, the index and offset
+    copies; a pair of tables of step temporaries; per block its side's fold and gradient and the
+    block's gradient), the valid scoring's gathers (12 w + 40 B per valid row, at most _CHUNK rows
+    at a time), the next snapshot (a pair of tables)."""
+    per_table = 1 + (c.optimizer != "sparse_sgd") + _STATE[c.optimizer]
+    blocks = _blocks(c.implicit, s)
+    held = s.tables * (per_table + 2) + sum(block * per_table + side + 56 * s.rows for side, block in blocks)
+    epoch = 40 * s.rows + s.tables + sum(2 * side + block for side, block in blocks)
+    valid = (12 * s.width + 40) * min(s.valid, _CHUNK)
+    return held + max(epoch, valid, s.tables)
 
 
 def _message(exc: ValidationError) -> str:
