@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # IngestError, a bad config value or device, a model too large for the device
         p.error(str(exc))
     say = (lambda *a, **k: None) if args.json else print
-    say(f"{ratings.name}: {len(ratings):,} ratings, {ratings.n_users:,} users, {ratings.n_items:,} items; "
-        f"split {data.summary()}; device {device}")
+    say(f"{ratings.describe()}; split {data.summary()}; device {device}")
     valid, test = (data.part(name).to(device) for name in ("valid", "test"))
 
     def report(epoch: int, loss: float, rmse: float) -> None:

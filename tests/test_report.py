@@ -15,6 +15,9 @@ class _Ratings:
     def __len__(self):
         return 100_000
 
+    def describe(self):
+        return "ml-100k: 100,000 ratings; 3 duplicate (user, item) pair(s) dropped"
+
 
 class _Split:
     def summary(self):
@@ -23,7 +26,8 @@ class _Split:
 
 def test_the_start_line_names_study_data_device_cap_and_store_without_its_password():
     line = start_line("ml-100k-default", _Ratings(), _Split(), "cpu", 60, 2, "postgresql://me:secret@db/mlflow")
-    assert line.startswith("study ml-100k-default: ml-100k (100,000 ratings), split {'train': 80000")
+    assert line.startswith("study ml-100k-default: ml-100k: 100,000 ratings; 3 duplicate (user, item) pair(s) "
+                           "dropped, split {'train': 80000")
     assert "device cpu, cap 60 trials, 2 worker(s); MLflow postgresql://me:***@db/mlflow" in line
     assert "secret" not in line
 

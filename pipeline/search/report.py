@@ -14,7 +14,7 @@ __all__ = ["Progress", "print_summary", "start_line"]
 
 
 def start_line(study_name: str, ratings, data, device, cap: int, workers: int, tracking_uri: str) -> str:
-    return (f"study {study_name}: {ratings.name} ({len(ratings):,} ratings), split {data.summary()}, "
+    return (f"study {study_name}: {ratings.describe()}, split {data.summary()}, "
             f"device {device}, cap {cap} trials, {workers} worker(s); MLflow {masked(tracking_uri)}")
 
 
