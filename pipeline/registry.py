@@ -3,18 +3,20 @@ promotion rule (`choose_alias`, a pure function).
 
 Errors are MLflow's own (`MlflowException`): `tracking.Tracker`, the only caller in the package,
 reports them as TrackingError. Looking a model up never changes anything; discarding half-logged
-copies is its own step (`discard_unfinished_models`).
+copies is its own step (`discard_unfinished_models`); a registration that fails leaves no empty
+registered model behind. Values in search filters go through `filter_literal`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-__all__ = ["Registry", "Standing", "choose_alias"]
+__all__ = ["Registry", "Standing", "choose_alias", "filter_literal"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Registry:
     run_id: str
 
     def _models(self, key: dict[str, str]) -> list:
-        found = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'")
+        found = self.client.search_logged_models([self.experiment_id],
+                                                 filter_string=f"source_run_id = {filter_literal(self.run_id)}")
         return [m for m in found if all(m.tags.get(k) == v for k, v in key.items())]
 
     def find_logged_model(self, key: dict[str, str]) -> str | None:
@@ -93,18 +96,49 @@ class Registry:
         return None if version is None else Standing.of(self.client.get_model_version(name, version))
 
     def _version(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str, key: dict[str, str]):
+        created = self._create_registered_model(name)
+        try:
+            mine = f"name = {filter_literal(name)} and run_id = {filter_literal(self.run_id)}"
+            earlier = [v for v in self.client.search_model_versions(mine)
+                       if all(v.tags.get(k) == value for k, value in key.items())]
+            if earlier:
+                return earlier[0]
+            tags = {"test_rmse": f"{test_rmse:.6f}", "split_fingerprint": split_fingerprint, **key}
+            # The source as stored, not `models:/<id>`: MLflow's store resolves that through the
+            # process-wide tracking URI (a TODO of its own), which this client need not share.
+            model = self.client.get_logged_model(model_uri.removeprefix("models:/"))
+            return self.client.create_model_version(name, source=model.artifact_location, run_id=self.run_id,
+                                                    model_id=model.model_id, tags=tags)
+        except Exception:
+            if created:  # no empty registered model left behind (a rerun would find it and fail the same way)
+                self._delete_if_empty(name)
+            raise
+
+    def _create_registered_model(self, name: str) -> bool:
+        """Create the registered model `name`; False if it exists already."""
         try:
             self.client.create_registered_model(name)
+            return True
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        earlier = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'")
-                   if all(v.tags.get(k) == value for k, value in key.items())]
-        if earlier:
-            return earlier[0]
-        tags = {"test_rmse": f"{test_rmse:.6f}", "split_fingerprint": split_fingerprint, **key}
-        # The source as stored, not `models:/<id>`: MLflow's store resolves that through the
-        # process-wide tracking URI (a TODO of its own), which this client need not share.
-        model = self.client.get_logged_model(model_uri.removeprefix("models:/"))
-        return self.client.create_model_version(name, source=model.artifact_location, run_id=self.run_id,
-                                                model_id=model.model_id, tags=tags)
+            return False
+
+    def _delete_if_empty(self, name: str) -> None:
+        """Delete the registered model `name` if it holds no version (another study may have
+        registered one since we created it: then it stays). Best effort: the error that brought us
+        here is the one to report."""
+        with contextlib.suppress(Exception):
+            if not self.client.search_model_versions(f"name = {filter_literal(name)}", max_results=1):
+                self.client.delete_registered_model(name)
+
+
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of MLflow's search filters: quoted with whichever of ' and " it
+    does not hold (MLflow strips the quotes and unescapes nothing, so 'bob''s' and 'bob\\'s' do not
+    work; "bob's" does). A value holding both cannot be written: ValueError."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r}: MLflow's search filters cannot quote a value holding both ' and \"")

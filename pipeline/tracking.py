@@ -10,13 +10,11 @@ more than an epoch of ml-100k.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import mlflow
@@ -25,16 +23,12 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.registry import Registry
+from pipeline.tracking_store import TrackingError, check_store, reported
 from pipeline.trials_view import view_link, view_tags
-from pipeline.urls import masked
 
 __all__ = ["TrackingError", "Tracker", "TrialRun", "configure_mlflow", "reported"]
 
 _FLUSH_SECONDS = 5.0  # a running trial's curve appears in `mlflow ui` at most this late
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or database cannot be used."""
 
 
 def resolve_tracking_uri(flag: str | None) -> str:
@@ -52,6 +46,8 @@ def configure_mlflow(tracking_uri: str | None = None) -> str:
     tracking_uri = resolve_tracking_uri(tracking_uri)
     # MLflow's INFO chatter (table creation, "Created version"): our own summary says what happened.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow logs each database error with its traceback, then raises it: `reported` says it once.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     for key, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5"),
                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
         os.environ.setdefault(key, value)
@@ -95,24 +91,12 @@ class TrialRun:
         """status: FINISHED (complete, or pruned: the `optuna.state` tag says which), KILLED
         (interrupted), FAILED."""
         tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        with reported(self.client.tracking_uri):
-            self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
-            self._pending = []
-            self.client.set_terminated(self.run_id, status)
-
-
-@contextmanager
-def reported(tracking_uri: str, doing: str = ""):
-    """MLflow failures (after the client's own retries) as one TrackingError naming the store and
-    what was being done; never a raw MlflowException traceback."""
-    tracking_uri = masked(tracking_uri)
-    try:
-        yield
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: "
-                            f"{masked(exc.message[:300])}") from None
-    except OSError as exc:  # an artifact store that cannot be written (a read-only folder, a full disk)
-        raise TrackingError(f"MLflow at {tracking_uri}{': ' + doing if doing else ''} failed: {exc}") from None
+        with reported(self.client.tracking_uri, f"ending run {self.run_id}"):
+            try:
+                self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
+                self._pending = []
+            finally:  # a run whose last metrics could not be written still ends
+                self.client.set_terminated(self.run_id, status)
 
 
 class Tracker:
@@ -127,13 +111,12 @@ class Tracker:
 
     @classmethod
     def connect(cls, tracking_uri: str, experiment: str, wait: float = 0.0) -> Tracker:
-        """Check the server (or create the database: once, before any worker starts, because
+        """Check the server or database (`tracking_store.check_store`: what cannot heal, such as an
+        unknown role, fails at once), create the database (once, before any worker starts, because
         concurrent first-time migrations race) and get or create the experiment. `wait`: seconds
-        to keep trying a server that does not answer (a worker joining during an outage).
+        to keep trying a store that does not answer (a worker joining during an outage).
         Changes nothing process-wide (see `configure_mlflow`)."""
-        if tracking_uri.startswith(("http://", "https://")):
-            _wait_for_server(tracking_uri, wait)
-        with _sqlite_lock(tracking_uri), reported(tracking_uri, f"opening experiment {experiment!r}"):
+        with check_store(tracking_uri, wait), reported(tracking_uri, f"opening experiment {experiment!r}"):
             tracker = cls(tracking_uri, experiment)  # the client creates (or migrates) the store
             tracker.experiment_id = tracker._experiment_id(experiment)
         return tracker
@@ -160,11 +143,15 @@ class Tracker:
         return self.parent_id
 
     def reopen_parent(self, run_id: str, tags: dict[str, str]) -> bool:
-        """Attach to an existing parent run and mark it RUNNING; False if the store lost it."""
-        try:
-            self.client.update_run(run_id, status="RUNNING")
-        except MlflowException:
-            return False
+        """Attach to an existing parent run and mark it RUNNING; False if the store lost it (any
+        other failure, such as a locked store, is a TrackingError: not a reason for a new parent)."""
+        with self._reported(f"reopening the parent run {run_id}"):
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                return False
         self.parent_id = run_id
         with self._reported("tagging the parent run"):
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -212,13 +199,24 @@ class Tracker:
     # --- children ---------------------------------------------------------------------------
 
     def start_trial(self, trial_number: int, params: dict, study_name: str) -> TrialRun:
+        """The trial's child run with its params. A run created but not completed is ended FAILED
+        (where the store lets us; else the end-of-search sweep `close_orphan_runs` closes it)."""
         with self._reported(f"creating trial-{trial_number}'s run"):
             run = self.client.create_run(
                 self.experiment_id, run_name=f"trial-{trial_number}",
                 tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(trial_number),
                       "optuna.study_name": study_name, "optuna.state": "RUNNING"},
             )
-            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        try:
+            with self._reported(f"logging trial-{trial_number}'s params"):
+                self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        except TrackingError as exc:
+            with contextlib.suppress(Exception):  # the store that just failed may fail again
+                self.client.set_terminated(run.info.run_id, "FAILED")
+            with contextlib.suppress(Exception):
+                self.client.log_batch(run.info.run_id,
+                                      tags=[RunTag("optuna.state", "FAIL"), RunTag("fail_reason", str(exc))])
+            raise
         return TrialRun(self.client, run.info.run_id)
 
     def fail_run(self, run_id: str, reason: str) -> None:
@@ -259,41 +257,3 @@ class Tracker:
         tags); alias `champion` or `challenger` by `registry.choose_alias`. Returns (version, alias)."""
         with self._reported(f"registering {model_uri} as {name!r}"):
             return self._registry().register(model_uri, name, test_rmse, split_fingerprint, key)
-
-
-@contextmanager
-def _sqlite_lock(tracking_uri: str):
-    """For a SQLite store, hold an exclusive lock on its file while MLflow creates or migrates the
-    schema: processes starting together otherwise race ("table ... already exists"). Other stores
-    (a server, PostgreSQL) serialise this themselves."""
-    if not tracking_uri.startswith("sqlite:///") or os.name != "posix":
-        yield
-        return
-    import fcntl
-
-    path = tracking_uri.removeprefix("sqlite:///").split("?")[0]
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # SQLite takes an empty file as a new database
-    except OSError as exc:
-        raise TrackingError(f"MLflow at {tracking_uri}: cannot create or open {path} ({exc.strerror}); "
-                            "run from a writable folder or pass --tracking-uri") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # an flock, independent of SQLite's own fcntl locks
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _wait_for_server(tracking_uri: str, wait: float) -> None:
-    """Check the server answers /health; keep trying for `wait` seconds (a worker joining during a
-    short outage), then fail with the server named."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10) as response:
-                response.read()
-            return
-        except (urllib.error.URLError, OSError) as exc:
-            if time.monotonic() > deadline:
-                raise TrackingError(f"cannot reach the MLflow tracking server at {masked(tracking_uri)} ({exc})") from None
-            time.sleep(1.0)

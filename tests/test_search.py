@@ -449,3 +449,103 @@ def test_ctrl_c_in_a_stack_closes_every_trial_of_it_and_a_rerun_runs_them_again(
     assert [t.params for t in trials[4:]] == [t.params for t in trials[1:3]]
     assert trials[3].user_attrs["reference"] == "d2l"
     assert "RUNNING" not in {r.info.status for r in ws.runs()}
+
+
+# --- names and flags a study keeps (issue 18) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--register-as", "team/model", "--register-as 'team/model': expected a registered model name without '/' or ':'"),
+    ("--register-as", "", "--register-as '': expected a registered model name (not empty)"),
+    ("--register-as", "..", "--register-as '..': expected a registered model name other than '.'"),
+    ("--register-as", "m" * 300, "(300 characters): expected at most 256 characters"),
+    ("--experiment", "", "--experiment '': expected an MLflow experiment name"),
+    ("--experiment", "e" * 300, "(300 characters): expected at most 256 characters"),
+    ("--study-name", "s" * 500, "--study-name 'ssss"),
+])
+def test_a_bad_name_exits_2_before_any_work(ws, capsys, flag, value, message):
+    assert ws.search(flag, value) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (ws.root / "mlflow.db").exists() and not (ws.root / "optuna.journal").exists()
+
+
+def test_a_study_keeps_its_experiment_and_registered_model(ws, capsys):
+    # a legal name with a quote: MLflow's search filters must quote it (and nothing empty is left behind)
+    assert ws.search("--n-trials", "1", "--register-as", "bob's model") == 0
+    assert str(ws.client.get_model_version_by_alias("bob's model", "champion").version) == "1"
+    capsys.readouterr()
+    for flag, value, created in (("--experiment", "other", "pipeline"), ("--register-as", "mf-other", "bob's model")):
+        assert ws.search("--n-trials", "1", "--register-as", "bob's model", flag, value) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {value!r}: expected {created!r}, what study 'ratings-quick' was created with" in err
+        assert "a new --study-name" in err
+    assert [e.name for e in ws.client.search_experiments()] == ["pipeline", "Default"]  # no trace of 'other'
+    assert [m.name for m in ws.client.search_registered_models()] == ["bob's model"]
+    assert ws.search("--n-trials", "2", "--register-as", "bob's model") == 0  # the same flags resume it
+
+
+def test_a_store_locked_during_a_trial_leaves_no_run_running(ws, monkeypatch):
+    """Trial 1's run is created, then the store is locked until the next trial starts: nothing of
+    trial 1 can be written (its params, its end). The search goes on, and closes that run."""
+    from mlflow.exceptions import MlflowException
+
+    locked: list[str] = []
+    create_run = MlflowClient.create_run
+
+    def creating(self, experiment_id, *args, **kwargs):
+        run = create_run(self, experiment_id, *args, **kwargs)
+        trial_one = (kwargs.get("tags") or {}).get("optuna.trial_number") == "1"
+        locked[:] = [run.info.run_id] if trial_one else []
+        return run
+
+    def refusing(method):
+        def call(self, run_id, *args, **kwargs):
+            if run_id in locked:
+                raise MlflowException("(sqlite3.OperationalError) database is locked\n[SQL: UPDATE runs ...]",
+                                      error_code="TEMPORARILY_UNAVAILABLE")
+            return method(self, run_id, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(MlflowClient, "create_run", creating)
+    for name in ("log_batch", "set_terminated", "update_run"):
+        monkeypatch.setattr(MlflowClient, name, refusing(getattr(MlflowClient, name)))
+    assert ws.search("--n-trials", "3") == 0
+    monkeypatch.undo()
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in ws.runs() if "optuna.trial_number" in r.data.tags}
+    assert runs[1].info.status == "FAILED" and runs[1].data.tags["optuna.state"] == "FAIL"
+    assert "RUNNING" not in {r.info.status for r in ws.runs()}
+    assert [t.state.name for t in _trials(ws)][:2] == ["COMPLETE", "FAIL"]
+
+
+def test_the_memory_check_sizes_no_more_models_than_the_cap_trains(ws, capsys, monkeypatch):
+    from pipeline.search import session
+
+    monkeypatch.setattr(session, "device_memory", lambda device: 0.6 * 2**30)  # a 0.6 GiB device
+    wide = _stackable_space(ws.root)
+    raw = yaml.safe_load(wide.read_text())
+    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~0.33 GiB a model on this data
+    wide.write_text(yaml.safe_dump(raw))
+    one = session.prepare(search.SearchOptions.parse(ws.argv("--stack", "4", "--n-trials", "1", config=wide)))
+    assert one.stack == 4 and one.cap.n == 1  # a cap of 1 never trains a stack of 4: one model fits
+    with pytest.raises(search.SearchError, match="a stack of 2 mf models with 40000 factors"):
+        session.prepare(search.SearchOptions.parse(ws.argv("--stack", "4", "--n-trials", "2", config=wide)))
+
+
+def test_a_tracking_database_that_refuses_the_role_exits_2_at_once(ws, capsys):
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test").close()
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
+    import time
+
+    started = time.monotonic()
+    argv = ws.argv()
+    argv[argv.index("--tracking-uri") + 1] = "postgresql+psycopg2://no_such_role:hunter2@127.0.0.1:5432/test"
+    assert search.main(argv) == 2
+    assert time.monotonic() - started < 15  # not MLflow's ~100 s of retries
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to the MLflow tracking database at postgresql+psycopg2://no_such_role:***@")
+    assert 'role "no_such_role" does not exist' in err and len(err.strip().splitlines()) == 1
+    assert not (ws.root / "optuna.journal").exists()

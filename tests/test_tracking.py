@@ -4,6 +4,9 @@ promotion rule, and the errors as one TrackingError."""
 
 import logging
 import os
+import shutil
+import sqlite3
+import time
 
 import mlflow
 import pytest
@@ -12,10 +15,11 @@ from mlflow.exceptions import MlflowException
 
 from conftest import free_port
 from pipeline import tracking
-from pipeline.registry import Standing, choose_alias
+from pipeline.registry import Standing, choose_alias, filter_literal
 from pipeline.tracking import Tracker, TrackingError, configure_mlflow, reported
 
 KEY = {"optuna.study_name": "s", "optuna.best_trial": "3"}
+PORT = free_port()  # nobody listens there
 
 
 @pytest.fixture
@@ -207,3 +211,146 @@ def test_a_store_failure_during_a_step_names_the_step(tracker, monkeypatch, tmp_
     monkeypatch.setattr(MlflowClient, "create_model_version", refuse)
     with pytest.raises(TrackingError, match=f"registering {uri} as 'mf' failed: the store refuses"):
         tracker.register(uri, "mf", 0.9, "a", KEY)
+
+
+# --- store failures outside MlflowException, names MLflow's filters must quote --------------------
+
+
+def test_a_store_error_is_one_line_naming_the_store():
+    sql_error = "(sqlite3.OperationalError) database is locked\n[SQL: SELECT 1]\n(Background on this error at: x)"
+    with pytest.raises(TrackingError) as error, reported("postgresql://me:hunter2@db/x", "tagging"):
+        raise MlflowException(sql_error)
+    assert str(error.value) == "MLflow at postgresql://me:***@db/x: tagging failed: (sqlite3.OperationalError) database is locked"
+    import sqlalchemy.exc
+
+    with pytest.raises(TrackingError, match=r"^MLflow at sqlite:///x.db: tagging failed: \(sqlite3.OperationalError\) "
+                                            r"database is locked$"), reported("sqlite:///x.db", "tagging"):
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+
+
+def test_a_sqlite_store_locked_by_another_process_is_one_tracking_error(_empty_mlflow_db, tmp_path):
+    shutil.copy(_empty_mlflow_db, tmp_path / "locked.db")
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # what another process writing to it holds
+    try:
+        with pytest.raises(TrackingError, match=r"MLflow at sqlite:///.*locked.db: opening experiment 'unit' failed: "
+                                                r".*database is locked$"):
+            Tracker.connect(f"sqlite:///{tmp_path / 'locked.db'}", "unit")
+    finally:
+        holder.close()
+
+
+def test_configure_mlflow_leaves_database_errors_to_one_tracking_error(mlflow_globals, tmp_path):
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    try:
+        configure_mlflow(f"sqlite:///{tmp_path / 'x.db'}")
+        assert not db_log.isEnabledFor(logging.ERROR)  # MLflow logs each one with a traceback, then raises it
+    finally:
+        db_log.setLevel(level)
+
+
+def _postgres() -> None:
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test").close()
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
+
+
+@pytest.mark.parametrize("uri,reason", [
+    ("postgresql+psycopg2://no_such_role:hunter2@127.0.0.1:5432/test", 'role "no_such_role" does not exist'),
+    ("postgresql+psycopg2://postgres@127.0.0.1:5432/no_such_database", 'database "no_such_database" does not exist'),
+])
+def test_a_database_that_refuses_us_fails_at_once(uri, reason):
+    _postgres()
+    started = time.monotonic()
+    with pytest.raises(TrackingError) as error:
+        Tracker.connect(uri, "unit", wait=60.0)  # even a worker's wait: this cannot heal
+    assert time.monotonic() - started < 15  # not MLflow's ~100 s of retries
+    message = str(error.value)
+    assert message.startswith("cannot connect to the MLflow tracking database at postgresql+psycopg2://")
+    assert reason in message and "hunter2" not in message and "\n" not in message
+
+
+def test_a_database_that_does_not_answer_is_named(monkeypatch):
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=rf"at postgresql\+psycopg2://me:\*\*\*@127.0.0.1:{PORT}/x \(.*refused"):
+        Tracker.connect(f"postgresql+psycopg2://me:hunter2@127.0.0.1:{PORT}/x", "unit")
+    assert time.monotonic() - started < 15
+
+
+def test_a_database_uri_without_its_driver_is_named():
+    with pytest.raises(TrackingError, match=r"--tracking-uri postgresql\+nosuchdriver://me:\*\*\*@db/x: no database "
+                                            r"driver for it .*postgresql\+psycopg2://"):
+        Tracker.connect("postgresql+nosuchdriver://me:hunter2@db/x", "unit")
+
+
+def test_a_run_whose_params_cannot_be_written_is_ended(tracker, monkeypatch):
+    real = MlflowClient.log_batch
+
+    def refuse_params(self, run_id, **kwargs):
+        if kwargs.get("params"):
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse_params)
+    with pytest.raises(TrackingError, match="logging trial-0's params failed: .*database is locked"):
+        tracker.start_trial(0, {"factors": 8}, "s")
+    (run,) = tracker.client.search_runs([tracker.experiment_id], "tags.`optuna.trial_number` = '0'")
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "database is locked" in run.data.tags["fail_reason"]
+
+
+def test_a_run_ends_even_when_its_last_metrics_cannot_be_written(tracker, monkeypatch):
+    run = tracker.start_trial(0, {}, "s")
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, run_id, **kw: (_ for _ in ()).throw(
+        MlflowException("the store refuses")))
+    run.log(best_valid_rmse=0.5)
+    with pytest.raises(TrackingError, match="the store refuses"):
+        run.end("FINISHED")
+    assert tracker.client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_store_that_fails_is_not_a_lost_parent(tracker, monkeypatch):
+    def locked(self, run_id, **kwargs):
+        raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(MlflowClient, "update_run", locked)
+    with pytest.raises(TrackingError, match="reopening the parent run .* failed: database is locked"):
+        tracker.reopen_parent(tracker.parent_id, {})  # False would make the study a second parent run
+    monkeypatch.undo()
+    assert not tracker.reopen_parent("0" * 32, {})  # a run the store does not have: lost
+
+
+@pytest.mark.parametrize("name", ["bob's model", 'the "best" model'])
+def test_a_name_with_quotes_is_registered_and_found_again(tracker, tmp_path, name):
+    uri = tracker.log_model(_model_folder(tmp_path), KEY)
+    assert tracker.register(uri, name, 0.9, "a", KEY) == ("1", "champion")
+    assert tracker.register(uri, name, 0.9, "a", KEY) == ("1", "champion")  # found, not registered twice
+    assert [str(v.version) for v in tracker.client.search_model_versions(f"name = {filter_literal(name)}")] == ["1"]
+
+
+def test_filter_literal_quotes_what_mlflow_can_read():
+    assert filter_literal("mf") == "'mf'" and filter_literal("bob's") == '"bob\'s"' and filter_literal('a "b"') == "'a \"b\"'"
+    with pytest.raises(ValueError, match="both"):
+        filter_literal("bob's \"x\"")
+
+
+def test_a_failed_registration_leaves_no_empty_registered_model(tracker, monkeypatch, tmp_path):
+    def refuse(self, *args, **kwargs):
+        raise MlflowException("the store refuses")
+
+    uri = tracker.log_model(_model_folder(tmp_path), KEY)
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "create_model_version", refuse)
+        with pytest.raises(TrackingError, match="the store refuses"):
+            tracker.register(uri, "mf", 0.9, "a", KEY)
+    assert tracker.client.search_registered_models() == []
+    assert tracker.register(uri, "mf", 0.9, "a", KEY) == ("1", "champion")  # a rerun registers it
+    other = {**KEY, "optuna.best_trial": "4"}
+    with monkeypatch.context() as patch:  # a model that holds versions is never deleted
+        patch.setattr(MlflowClient, "create_model_version", refuse)
+        with pytest.raises(TrackingError):
+            tracker.register(tracker.log_model(_model_folder(tmp_path, "m4"), other), "mf", 0.8, "a", other)
+    assert [m.name for m in tracker.client.search_registered_models()] == ["mf"]

@@ -2,7 +2,8 @@
 
 ingest -> split -> [per trial: fit -> valid RMSE, reported per epoch, prunable] -> refit the best
 on train+valid -> test once -> log the model (pt2, raw ids in) -> register, move `champion` if it wins.
-Rerunning the same command resumes the same study.
+Rerunning the same command resumes the same study; another --experiment or --register-as than the
+study was created with is refused (its runs stay in one experiment, its model under one name).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        _close_parent(session, status)
+        _close_runs(session, status)
 
 
 def _finish_once(session: Session) -> tuple[str, int]:
@@ -98,8 +99,15 @@ def _finish_once(session: Session) -> tuple[str, int]:
     return "FINISHED", 0
 
 
-def _close_parent(session: Session, status: str) -> None:
+def _close_runs(session: Session, status: str) -> None:
+    """Before the command exits: close the runs of trials that are over but whose own end failed
+    (a store locked while the trial ended it; trials still running elsewhere are left alone), then
+    the parent run with `status`. A failure here is a warning: the run's own error was printed."""
+    try:
+        close_orphan_runs(session.study, session.tracker)
+    except Exception as exc:  # noqa: BLE001 - the tracking store or the study's storage, failing again
+        print(f"warning: could not close the runs of ended trials (the next start will): {exc}", file=sys.stderr)
     try:
         session.tracker.close_parent(status)
-    except TrackingError as exc:  # the run's own error (if any) was printed already
+    except TrackingError as exc:
         print(f"warning: could not close the parent run: {exc}", file=sys.stderr)

@@ -4,13 +4,22 @@ spawned workers too) instead of the raw `argparse` result."""
 from __future__ import annotations
 
 import argparse
+import posixpath
 from dataclasses import dataclass
 
 from pipeline import ingest
+from pipeline.urls import masked
 
-__all__ = ["DEFAULT_STORAGE", "SearchError", "SearchOptions", "parser"]
+__all__ = ["DEFAULT_STORAGE", "MAX_STUDY_NAME", "SearchError", "SearchOptions", "check_study_name", "parser"]
 
 DEFAULT_STORAGE = "optuna.journal"
+
+# The longest names the stores keep (longer ones fail half-way, leaving an empty study behind):
+OPTUNA_STUDY_NAME = 512  # optuna's studies.study_name column
+MARKER_SUFFIX = 64  # the longest lease marker's tail ":mlflow-parent-after-<run id>#<attempt>" (lease.py)
+MLFLOW_RUN_NAME = 250  # MLflow's runs.name: the study's parent run is named after it
+MLFLOW_NAME = 256  # MLflow's experiments.name and registered_models.name columns
+MAX_STUDY_NAME = min(MLFLOW_RUN_NAME, OPTUNA_STUDY_NAME - MARKER_SUFFIX)
 
 
 class SearchError(RuntimeError):
@@ -64,11 +73,65 @@ class SearchOptions:
         if heartbeats and self.grace < 2 * self.heartbeat:  # else a live trial is taken for dead
             raise SearchError(f"--grace {self.grace}: expected at least twice --heartbeat ({self.heartbeat} s), so "
                               "that a live worker is never taken for dead between two heartbeats")
+        if self.study_name:
+            check_study_name(self.study_name)
+        _check_experiment(self.experiment)
+        _check_model_name(self.register_as)
+        if self.tracking_uri and _database(self.tracking_uri) == _database(self.storage) != "":
+            raise SearchError(f"--tracking-uri {masked(self.tracking_uri)}: expected another database than "
+                              "--storage's (MLflow and Optuna each migrate their own schema, both in alembic_version)")
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> SearchOptions:
         """Parse a command line (argparse exits 2 on a malformed flag); raises SearchError on a bad value."""
         return cls(**vars(parser().parse_args(argv)))
+
+
+def _database(url: str) -> str:
+    """The database a URL names, whatever its driver (postgresql+psycopg2:// is postgresql://); "" for
+    a path (a journal) or a server."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.split("+", 1)[0].lower()
+    return f"{scheme}://{rest}" if rest and scheme not in ("http", "https") else ""
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 60 else f"{name[:40]!r}… ({len(name)} characters)"
+
+
+def check_study_name(name: str, flag: str = "--study-name") -> None:
+    """A study name the stores keep whole: Optuna's studies with room for the lease markers named
+    after it, and MLflow's parent run, named after it too."""
+    if len(name) > MAX_STUDY_NAME:
+        raise SearchError(f"{flag} {_shown(name)}: expected at most {MAX_STUDY_NAME} characters "
+                          "(the study's MLflow parent run is named after it)")
+
+
+def _check_experiment(name: str) -> None:
+    if not name.strip():
+        raise SearchError(f"--experiment {name!r}: expected an MLflow experiment name (not empty)")
+    if len(name) > MLFLOW_NAME:
+        raise SearchError(f"--experiment {_shown(name)}: expected at most {MLFLOW_NAME} characters")
+
+
+def _check_model_name(name: str) -> None:
+    """MLflow's rule for registered model names (mlflow.utils.validation._validate_model_name,
+    private, so restated here; tests/test_names.py holds the two together), the registry's
+    column length, and what MLflow's search filters can quote (registry.filter_literal)."""
+    normal = posixpath.normpath(name)
+    if not name.strip():
+        why = "a registered model name (not empty)"
+    elif "/" in name or ":" in name:
+        why = "a registered model name without '/' or ':' (MLflow's rule)"
+    elif normal != name or normal == "." or normal.startswith(".."):
+        why = "a registered model name other than '.' and not starting with '..' (MLflow's rule)"
+    elif len(name) > MLFLOW_NAME:
+        why = f"at most {MLFLOW_NAME} characters"
+    elif "'" in name and '"' in name:
+        why = "a name without both ' and \" (MLflow's search filters cannot quote it)"
+    else:
+        return
+    raise SearchError(f"--register-as {_shown(name)}: expected {why}")
 
 
 def parser() -> argparse.ArgumentParser:

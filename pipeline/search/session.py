@@ -14,7 +14,7 @@ from pipeline import ingest
 from pipeline.device import device_memory, device_name, resolve_device
 from pipeline.ratings import Ratings
 from pipeline.search.objective import Objective
-from pipeline.search.options import SearchError, SearchOptions
+from pipeline.search.options import SearchError, SearchOptions, check_study_name
 from pipeline.search.recovery import CloseStaleRuns
 from pipeline.search.study import Cap, SharedStudy, check_storage, open_storage, open_study
 from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
@@ -84,20 +84,69 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     ratings = ingest.load(options.dataset or space.dataset.name, **{**declared, **ingest.source_options(options)})
     s = space.split
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
-    _check_memory(space, data, device, _stack(options, space, device))
+    cap = Cap(options.n_trials or space.trials)
+    _check_memory(space, data, device, min(_stack(options, space, device), cap.n))  # never more than the cap trains
+    name = _study_name(options, ratings, space)
+    storage = database or _existing_journal(options)
+    _check_recorded(storage, name, options)
     tracker = Tracker.connect(configure_mlflow(options.tracking_uri), options.experiment, wait=tracker_wait)
-    storage = database or open_storage(options.storage, options.heartbeat, options.grace)
+    storage = storage or open_storage(options.storage, options.heartbeat, options.grace)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = CloseStaleRuns(tracker)
-    shared = open_study(storage, options.study_name or f"{ratings.name}-{space.name}", space, data, options.seed,
-                        grace=options.grace)
-    return Session(options, space, ratings, data, shared, tracker, device, Cap(options.n_trials or space.trials),
-                   space_path)
+    shared = open_study(storage, name, space, data, options.seed, grace=options.grace)
+    _record(shared.study, options)
+    _check_recorded(storage, name, options)  # another process created it with other values meanwhile
+    return Session(options, space, ratings, data, shared, tracker, device, cap, space_path)
+
+
+# What a study remembers of the flags it was created with (user attrs), and refuses to resume
+# with others: its trials would split across two experiments, its model go under another name.
+_RECORDED = {"mlflow_experiment": ("--experiment", "experiment"), "registered_model": ("--register-as", "register_as")}
+
+
+def _study_name(options: SearchOptions, ratings: Ratings, space: SearchSpace) -> str:
+    if options.study_name:
+        return options.study_name  # checked by SearchOptions
+    name = f"{ratings.name}-{space.name}"
+    check_study_name(name, flag="study name (<dataset>-<space>; pass a shorter --study-name)")
+    return name
+
+
+def _existing_journal(options: SearchOptions) -> optuna.storages.BaseStorage | None:
+    """The journal storage if its file exists (a study may be resumed), else None: opening it
+    would create the file, a trace this early."""
+    if "://" in options.storage or not Path(options.storage.removeprefix("journal:")).exists():
+        return None
+    return open_storage(options.storage, options.heartbeat, options.grace)
+
+
+def _check_recorded(storage: optuna.storages.BaseStorage | None, name: str, options: SearchOptions) -> None:
+    """Refuse to resume study `name` with another --experiment or --register-as than it was
+    created with (_RECORDED); a study not yet in `storage` (or no storage yet) passes."""
+    try:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name)) if storage else {}
+    except KeyError:
+        return
+    for key, (flag, field) in _RECORDED.items():
+        value = getattr(options, field)
+        if key in attrs and attrs[key] != value:
+            raise SearchError(
+                f"{flag} {value!r}: expected {attrs[key]!r}, what study {name!r} was created with (a study "
+                f"keeps one experiment and one registered model); pass {flag} {attrs[key]!r} to resume it, "
+                "or a new --study-name for a new study")
+
+
+def _record(study: optuna.Study, options: SearchOptions) -> None:
+    """Remember _RECORDED in a new study (or one made before it was recorded)."""
+    attrs = study.user_attrs
+    for key, (_, field) in _RECORDED.items():
+        if key not in attrs:
+            study.set_user_attr(key, getattr(options, field))
 
 
 def _check_memory(space: SearchSpace, data: Split, device: torch.device, stack: int) -> None:
-    """Refuse a space whose largest model (or stack of `stack` models) cannot fit on the device,
-    before any training."""
+    """Refuse a space whose largest model (or stack of `stack` models: at most the cap's, since
+    no batch asks more trials than the cap has slots) cannot fit on the device, before any training."""
 
     def need(c: TrainConfig) -> int:
         if stack_key(c) is None or stack == 1:
