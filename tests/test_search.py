@@ -287,6 +287,16 @@ def test_errors_before_work_exit_2_and_log_nothing(ws, capsys, change, message):
     assert not (ws.root / "mlflow.db").exists() and not (ws.root / "optuna.journal").exists()
 
 
+def test_a_worker_that_cannot_start_says_why_in_one_line(ws, capsys):
+    from pipeline.search.workers import _worker
+
+    with pytest.raises(SystemExit) as exit:
+        _worker(search.SearchOptions.parse(ws.argv("--dataset", str(ws.root / "missing.csv"))))
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: worker {os.getpid()}: ") and "missing.csv" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("method,doing,code", [
     ("create_run", "creating the study's parent run", 2),
     ("create_model_version", "registering", 1),
@@ -324,10 +334,10 @@ def test_a_space_too_large_for_the_machine_exits_2_before_any_work(ws, capsys):
 def test_a_stack_too_large_for_the_device_exits_2_where_one_model_fits(ws, capsys, monkeypatch):
     from pipeline.search import session
 
-    monkeypatch.setattr(session, "device_memory", lambda device: 2**30)  # a 1 GiB device
+    monkeypatch.setattr(session, "device_memory", lambda device: 1.5 * 2**30)  # a 1.5 GiB device
     wide = _stackable_space(ws.root)  # sparse_sgd: stackable
     raw = yaml.safe_load(wide.read_text())
-    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~0.5 GiB a model on this data
+    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~1 GiB a model on this data
     wide.write_text(yaml.safe_dump(raw))
     assert ws.search("--stack", "4", config=wide) == 2
     assert "a stack of 4 mf models with 40000 factors" in capsys.readouterr().err
@@ -521,10 +531,10 @@ def test_a_store_locked_during_a_trial_leaves_no_run_running(ws, monkeypatch):
 def test_the_memory_check_sizes_no_more_models_than_the_cap_trains(ws, capsys, monkeypatch):
     from pipeline.search import session
 
-    monkeypatch.setattr(session, "device_memory", lambda device: 0.6 * 2**30)  # a 0.6 GiB device
+    monkeypatch.setattr(session, "device_memory", lambda device: 1.5 * 2**30)  # a 1.5 GiB device
     wide = _stackable_space(ws.root)
     raw = yaml.safe_load(wide.read_text())
-    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~0.33 GiB a model on this data
+    raw["params"]["factors"] = {"type": "fixed", "value": 40_000}  # ~1 GiB a model on this data
     wide.write_text(yaml.safe_dump(raw))
     one = session.prepare(search.SearchOptions.parse(ws.argv("--stack", "4", "--n-trials", "1", config=wide)))
     assert one.stack == 4 and one.cap.n == 1  # a cap of 1 never trains a stack of 4: one model fits

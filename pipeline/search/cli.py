@@ -14,22 +14,17 @@ from collections import Counter
 
 from optuna.trial import TrialState
 
-from pipeline.ingest import IngestError
 from pipeline.search.interrupt import catching_sigint, received
 from pipeline.search.finish import finish, log_study_inputs
-from pipeline.search.options import SearchError, SearchOptions
+from pipeline.search.options import SearchOptions
 from pipeline.search.report import print_summary, start_line
-from pipeline.search.session import Session, prepare
+from pipeline.search.session import USER_ERRORS, Session, prepare
 from pipeline.search.recovery import close_orphan_runs, retry_lost_trials
 from pipeline.search.study import attach_parent
 from pipeline.search.workers import quiet_libraries, run_workers
-from pipeline.space import SpaceError
 from pipeline.tracking import TrackingError
 
 __all__ = ["main"]
-
-# The command's one clear error for each of these (exit 2 before any work, 1 after); never a traceback.
-USER_ERRORS = (SpaceError, IngestError, TrackingError, SearchError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,18 +12,20 @@ import torch
 
 from pipeline import ingest
 from pipeline.device import device_memory, device_name, resolve_device
-from pipeline.ratings import Ratings
+from pipeline.ratings import IngestError, Ratings
 from pipeline.search.objective import Objective
 from pipeline.search.options import SearchError, SearchOptions, check_study_name
 from pipeline.search.recovery import CloseStaleRuns
 from pipeline.search.study import Cap, SharedStudy, check_storage, open_storage, open_study
-from pipeline.space import SearchSpace, default_space, default_stack, load_space, space_corners, space_file
+from pipeline.space import SearchSpace, SpaceError, default_space, default_stack, load_space, space_corners, space_file
 from pipeline.split import Split, split
-from pipeline.training import stack_key
-from pipeline.tracking import Tracker, configure_mlflow
-from pipeline.training import TrainConfig
+from pipeline.tracking import Tracker, TrackingError, configure_mlflow
+from pipeline.training import TrainConfig, stack_key
 
-__all__ = ["Session", "prepare"]
+__all__ = ["USER_ERRORS", "Session", "prepare"]
+
+# Bad input or an unreachable store: one clear line (exit 2 before any work, 1 after), never a traceback.
+USER_ERRORS = (SpaceError, IngestError, TrackingError, SearchError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Session:
         return {
             "optuna.study_name": self.shared.name, "data.name": self.ratings.name,
             "data.fingerprint": self.ratings.fingerprint, "split.fingerprint": self.data.fingerprint,
+            "data.duplicates_dropped": str(self.ratings.duplicates_dropped),
             "space.digest": self.space.digest(), "device": str(self.device), "device.name": device_name(self.device),
             "git.commit": _git_commit(), "version.torch": torch.__version__, "version.optuna": optuna.__version__,
             "version.mlflow": mlflow.__version__, "version.python": platform.python_version(),
@@ -149,10 +152,8 @@ def _check_memory(space: SearchSpace, data: Split, device: torch.device, stack: 
     no batch asks more trials than the cap has slots) cannot fit on the device, before any training."""
 
     def need(c: TrainConfig) -> int:
-        if stack_key(c) is None or stack == 1:
-            return c.memory_bytes(data.n_users, data.n_items)
-        # K models' tables, plus the epoch's (N, K) row indices, offsets and permutations
-        return stack * (c.memory_bytes(data.n_users, data.n_items) + 28 * len(data.train_rows))
+        one = c.memory_bytes(data.n_users, data.n_items, len(data.train_rows), len(data.valid_rows))
+        return one if stack_key(c) is None else stack * one  # a stack: K models' tables, rows and state
 
     largest = max(space_corners(space), key=need)
     have = device_memory(device)

@@ -16,7 +16,7 @@ from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted, received
 from pipeline.search.options import SearchOptions
 from pipeline.search.report import Progress
-from pipeline.search.session import Session, prepare
+from pipeline.search.session import USER_ERRORS, Session, prepare
 from pipeline.search.study import attach_parent
 
 __all__ = ["quiet_libraries", "run_trials", "run_workers"]
@@ -96,3 +96,6 @@ def _worker(options: SearchOptions) -> None:
             run_trials(session, quiet=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except USER_ERRORS as exc:  # e.g. the tracking server went away: one line, not a traceback
+        print(f"error: worker {os.getpid()}: {exc}", file=sys.stderr)
+        sys.exit(1)
