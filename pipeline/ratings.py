@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.features import SideFeatures
+
 __all__ = ["COLUMNS", "TIME_RANGE", "IngestError", "Ratings", "canonical", "check_scale", "validate"]
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -41,7 +43,8 @@ class Ratings:
     `fingerprint` is the sha256 of that canonical table: the same data from two sources has one
     fingerprint. `duplicates_dropped`: rows left out because their (user, item) pair has a later
     rating (reported, not fingerprinted). `item_titles` maps item_id -> title where the source has
-    titles.
+    titles. `user_features` / `item_features`: each side's features where the source has them
+    (`pipeline.features`; keyed by ids of the column's kind; not fingerprinted: see their `digest`).
     """
 
     frame: pd.DataFrame
@@ -51,6 +54,8 @@ class Ratings:
     source: str = ""
     duplicates_dropped: int = 0
     item_titles: dict = field(default_factory=dict, repr=False)
+    user_features: SideFeatures | None = field(default=None, repr=False)
+    item_features: SideFeatures | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.frame)

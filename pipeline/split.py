@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.features import Block
 from pipeline.ratings import Ratings
 
 __all__ = ["STRATEGIES", "Interactions", "Split", "split"]
@@ -82,6 +83,15 @@ class Split:
             torch.from_numpy(_encode(self.item_ids, frame["item_id"].to_numpy()[rows])),
             torch.from_numpy(frame["rating"].to_numpy()[rows]),
         )
+
+    def feature_blocks(self, side: str) -> list[Block]:
+        """The ratings' `side` ("user" or "item") features over this split's table: one CSR block per
+        group, (n_users + 1 or n_items + 1, group size), row r the train id `user_ids[r]` /
+        `item_ids[r]`, the fallback row last and empty (see `SideFeatures.blocks`); [] without features."""
+        if side not in ("user", "item"):
+            raise ValueError(f"feature_blocks side {side!r}: expected 'user' or 'item'")
+        features = getattr(self.ratings, f"{side}_features")
+        return [] if features is None else features.blocks(getattr(self, f"{side}_ids"))
 
     def summary(self) -> dict:
         return {"train": len(self.train_rows), "valid": len(self.valid_rows), "test": len(self.test_rows),

@@ -4,9 +4,12 @@ Sources: MovieLens by name (`ml-100k` offline from the recbole wheel; the others
 checksum-verified and cached), a local ratings file (CSV, TSV, Parquet, GroupLens `u.data` /
 `ratings.dat`, RecBole `.inter`), or `synthetic` low-rank data with a known noise floor.
 `add_source_flags` / `source_options`: the flags that describe a source, shared by every command.
+Side features (`pipeline.features`) ride on the `Ratings`: ml-100k's own, or a user's files
+(`load(..., user_features=..., item_features=...)`, `--user-features` / `--item-features`).
 
-Modules: `source` (`load`: a name -> its source), `grouplens` (MovieLens archives, the download
-cache, the recbole copy of ml-100k), `files` (reading a ratings file), `flags` (the reader flags).
+Modules: `source` (`load`: a name -> its source; `read_features`: a side's feature file),
+`grouplens` (MovieLens archives, the download cache, the recbole copy of ml-100k and its features),
+`files` (reading a ratings file), `flags` (the reader flags).
 """
 
 from pipeline.ingest.flags import add_source_flags, source_options

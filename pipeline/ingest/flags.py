@@ -29,13 +29,18 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-header", dest="header", action="store_const", const=False,
                        help="the file's first line is data (fields: --columns order, else "
                             "user_id,item_id,rating[,timestamp])")
+    for side in ("user", "item"):
+        group.add_argument(f"--{side}-features", metavar="FILE",
+                           help=f"a CSV/TSV of {side} features: a header, the key column {side}_id (else the "
+                                "first), one column per feature (numbers: bucketed; a|b: several values; else a "
+                                "category); replaces the source's own")
 
 
 def source_options(values) -> dict:
     """`load`'s keywords from what `add_source_flags` parsed (an argparse Namespace or any object
     with those attributes): only those given."""
-    return {key: getattr(values, key) for key in ("rating_scale", "columns", "sep", "header")
-            if getattr(values, key, None) is not None}
+    keys = ("rating_scale", "columns", "sep", "header", "user_features", "item_features")
+    return {key: getattr(values, key) for key in keys if getattr(values, key, None) is not None}
 
 
 def _flag(check):

@@ -1,5 +1,8 @@
 """MovieLens by name: the GroupLens archives (checksum-verified downloads, kept in a cache that
 survives killed processes), and ml-100k offline from the recbole wheel.
+
+ml-100k comes with side features from both carriers (users: age, gender, occupation, zip; items:
+release year, genres); the other archives carry none here (yet).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from pipeline.features import Rule, SideFeatures
 from pipeline.ingest.files import parse, read_file
 from pipeline.ratings import IngestError, Ratings, check_scale
 
@@ -91,11 +96,40 @@ def _recbole_ml100k(scale: tuple[float, float]) -> Ratings | None:
     if not inter.exists():
         return None
     ratings = read_file(inter, name="ml-100k", rating_scale=scale)
-    items = pd.read_csv(inter.with_suffix(".item"), sep="\t", usecols=[0, 1, 2], dtype=str, keep_default_na=False)
+    items = pd.read_csv(inter.with_suffix(".item"), sep="\t", dtype=str, keep_default_na=False)
+    users = pd.read_csv(inter.with_suffix(".user"), sep="\t", dtype=str, keep_default_na=False)
     # "Toy Story (1995)", as GroupLens's own u.item writes it (two films may share a title)
     named = [f"{title} ({year})" if year.isdigit() else title for title, year in zip(items.iloc[:, 1], items.iloc[:, 2])]
     titles = dict(zip(pd.to_numeric(items.iloc[:, 0]).tolist(), named))
-    return ratings.replace(item_titles=titles)
+    genres = ["|".join(g.split()) for g in items.iloc[:, 3]]  # recbole: space-separated
+    return ratings.replace(item_titles=titles, user_features=ml100k_users(users.iloc[:, :5]),
+                           item_features=ml100k_items(items.iloc[:, 0], items.iloc[:, 2], genres))
+
+
+# ML-1M's age groups (under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+) over ml-100k's exact ages.
+AGE_EDGES = (18.0, 25.0, 35.0, 45.0, 50.0, 56.0)
+# u.item's 19 genre flag columns, in order (recbole's `class` uses the same names).
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+def ml100k_users(users: pd.DataFrame) -> SideFeatures:
+    """ml-100k's users (text columns: id, age, gender, occupation, zip code) -> groups age (ML-1M's
+    7 groups), gender, occupation, zip (its first character: a US region, or a Canadian province)."""
+    ids = users.iloc[:, 0].astype(np.int64).to_numpy()
+    columns = dict(zip(("age", "gender", "occupation", "zip"), (users.iloc[:, k].tolist() for k in range(1, 5))))
+    return SideFeatures.build(ids, columns, {"age": Rule("numeric", AGE_EDGES), "gender": Rule("categorical"),
+                                             "occupation": Rule("categorical"), "zip": Rule("categorical", prefix=1)})
+
+
+def ml100k_items(ids: pd.Series, years, genres: list[str]) -> SideFeatures:
+    """ml-100k's items -> groups release_year (by decade, from the data's first to its last; a year
+    that is not one, e.g. "unknown", gives none) and genre (multi-valued; `genres`: "|"-joined)."""
+    years = [y if y.isdigit() else None for y in years]
+    known = [int(y) for y in years if y is not None]
+    edges = tuple(float(d) for d in range(min(known) // 10 * 10 + 10, max(known) // 10 * 10 + 1, 10))
+    return SideFeatures.build(ids.astype(np.int64).to_numpy(), {"release_year": years, "genre": genres},
+                              {"release_year": Rule("numeric", edges), "genre": Rule("multi")})
 
 
 # A partial download is `.<name>.<host>.<pid>.part` beside its target, so that a later process can
@@ -180,13 +214,32 @@ def _read_grouplens_zip(name: str, path: Path, scale: tuple[float, float]) -> Ra
                 raise IngestError(f"{path}: no {spec.ratings} inside (is this the {name} zip?)")
             data = archive.read(members[spec.ratings])
             titles = archive.read(members[spec.titles]) if spec.titles in members else None
+            users = archive.read(members["u.user"]) if name == "ml-100k" and "u.user" in members else None
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         raise IngestError(f"{path}: truncated or corrupt zip ({exc}); delete it and fetch it again") from exc
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc})") from exc
     where = f"{path}:{spec.ratings}"
     ratings = parse(data, spec.fmt, where, name=name, rating_scale=scale)
-    return ratings.replace(item_titles=_parse_titles(titles, spec.fmt) if titles else {})
+    features = _zip_features(users, titles) if name == "ml-100k" else {}
+    return ratings.replace(item_titles=_parse_titles(titles, spec.fmt) if titles else {}, **features)
+
+
+def _zip_features(users: bytes | None, items: bytes | None) -> dict:
+    """ml-100k's u.user and u.item (`|`-separated, latin-1) as `Ratings`' feature fields: each side
+    where its file is present in GroupLens's layout (u.item: 5 fields + 19 genre flags)."""
+    def table(data: bytes) -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(data), sep="|", header=None, dtype=str, keep_default_na=False,
+                           encoding="latin-1")
+
+    out = {}
+    if users is not None and (frame := table(users)).shape[1] == 5:
+        out["user_features"] = ml100k_users(frame)
+    if items is not None and (frame := table(items)).shape[1] == 5 + len(GENRES):
+        flags = frame.iloc[:, 5:].to_numpy() == "1"
+        genres = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]
+        out["item_features"] = ml100k_items(frame.iloc[:, 0], [d[-4:] for d in frame.iloc[:, 2]], genres)
+    return out
 
 
 def _parse_titles(data: bytes, fmt: str) -> dict:
