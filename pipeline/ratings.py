@@ -33,8 +33,8 @@ class Ratings:
     """A validated ratings table, sorted by (user_id, item_id), one row per pair.
 
     `frame` columns: user_id, item_id, rating (float32), timestamp (int64 whole seconds since the
-    epoch, UTC, within `TIME_RANGE`: years 1 to 9999; datetimes converted, fractions floored; 0
-    where the source has none). Ids are kept exactly, one type per column (booleans, lists, bytes,
+    epoch, UTC, or a finer unit as the source wrote it, within `TIME_RANGE`; datetimes converted
+    to seconds, fractions floored; 0 where the source has none). Ids are kept exactly, one type per column (booleans, lists, bytes,
     dates are refused): int64 when every id of the column is an integer that fits int64, written
     plainly (`7`, `-3`) or as an integral decimal (`7.0`, as float columns are often exported: `7.0`
     and `7` are one id). Otherwise str, each id as written (trimmed), integers in plain form (`7.0`

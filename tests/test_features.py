@@ -228,3 +228,10 @@ def test_ml100k_features_from_the_recbole_wheel(ml100k):
     assert genre.shape == (s.n_items + 1, 19) and genre.crow[-1] == genre.crow[-2]  # the fallback row: empty
     np.testing.assert_allclose(np.add.reduceat(genre.values ** 2, genre.crow[:-2]), 1.0, rtol=1e-5)
     assert ml100k.fingerprint == ingest.load("ml-100k").fingerprint
+
+
+def test_the_search_takes_the_feature_flags():
+    from pipeline.search import SearchOptions
+
+    options = SearchOptions.parse(["--user-features", "users.csv", "--item-features", "items.csv"])
+    assert (options.user_features, options.item_features) == ("users.csv", "items.csv")

@@ -55,6 +55,8 @@ class SearchOptions:
     columns: dict[str, str] | None = None
     sep: str | None = None
     header: bool | None = None
+    user_features: str | None = None
+    item_features: str | None = None
     """The ratings source's flags (`ingest.add_source_flags`), over the space's dataset options."""
 
     def __post_init__(self) -> None:
