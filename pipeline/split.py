@@ -93,6 +93,11 @@ class Split:
         features = getattr(self.ratings, f"{side}_features")
         return [] if features is None else features.blocks(getattr(self, f"{side}_ids"))
 
+    @property
+    def features(self) -> dict:
+        """Each side's feature blocks over the tables (`feature_blocks`): `fit`'s `features`."""
+        return {side: self.feature_blocks(side) for side in ("user", "item")}
+
     def summary(self) -> dict:
         return {"train": len(self.train_rows), "valid": len(self.valid_rows), "test": len(self.test_rows),
                 "users": self.n_users, "items": self.n_items, **{f"cold_{k}": v for k, v in self.cold.items()}}

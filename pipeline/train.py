@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = fit(data.part("train"), config, valid=valid, seed=args.seed, device=device, callback=report,
-                     **data.dims)
+                     features=data.features, **data.dims)
         final = refit(data.part("train+valid"), config, result.best_epoch, seed=args.seed, device=device,
-                      **data.dims) if args.refit else result
+                      features=data.features, **data.dims) if args.refit else result
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -131,11 +131,12 @@ def test_without_valid_data_every_epoch_runs_and_the_last_is_kept(data):
 
 
 def test_only_configs_with_one_stack_key_share_a_stack(data):
-    assert stack_key(CONFIGS[0]) == ("sparse_sgd", 64, "none")
-    assert stack_key(TrainConfig()) == ("adam", 512, "none")
-    assert stack_key(TrainConfig(**SGD, implicit="user")) == ("sparse_sgd", 64, "user")
+    assert stack_key(CONFIGS[0]) == ("sparse_sgd", 64, "none", "none")
+    assert stack_key(TrainConfig()) == ("adam", 512, "none", "none")
+    assert stack_key(TrainConfig(**SGD, implicit="user")) == ("sparse_sgd", 64, "user", "none")
+    assert stack_key(TrainConfig(**SGD, features="both")) == ("sparse_sgd", 64, "none", "both")
     assert stack_key(TrainConfig(family="bayes")) is None
-    for other in (TrainConfig(**{**SGD, "batch_size": 128}), TrainConfig(batch_size=64)):
+    for other in (TrainConfig(**{**SGD, "batch_size": 128}), TrainConfig(batch_size=64), TrainConfig(**SGD, features="user")):
         with pytest.raises(ValueError, match="one stack_key"):
             fit_stack(data.part("train"), [CONFIGS[0], other], [0, 1], **data.dims)
 

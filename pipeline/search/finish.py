@@ -65,7 +65,8 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
     test_on_device = test_rows.to(device)
 
     def refit_and_test(config: dict, epochs: int) -> tuple:
-        result = refit(fit_rows, TrainConfig(**config), epochs, seed=seed, device=device, **data.dims)
+        result = refit(fit_rows, TrainConfig(**config), epochs, seed=seed, device=device, features=data.features,
+                       **data.dims)
         return result.model, evaluate(result.model, test_on_device)
 
     best = study.best_trial

@@ -107,13 +107,15 @@ class Objective:
     """Built once per process with the data on the device; a trial goes `begin` -> `fit` (or a
     stack of trials, in batch) -> `close`.
 
-    train, valid: encoded rows (moved to `device` here, once). dims: `Split.dims`.
+    train, valid: encoded rows (moved to `device` here, once). dims: `Split.dims`; features:
+    `Split.features` (for trials whose config has `features`).
     cap: the study-wide cap (None: no cap check at the trial's start)."""
 
     def __init__(self, space: SearchSpace, train: Interactions, valid: Interactions, dims: dict, *,
                  device: torch.device, seed: int, tracker: Tracker | None, study_name: str,
-                 cap: Cap | None = None) -> None:
+                 cap: Cap | None = None, features: dict | None = None) -> None:
         self.space, self.train, self.valid, self.dims = space, train.to(device), valid.to(device), dims
+        self.features = features
         self.device, self.seed, self.tracker, self.study_name, self.cap = device, seed, tracker, study_name, cap
 
     def config(self, trial: optuna.Trial) -> TrainConfig:
@@ -149,7 +151,7 @@ class Objective:
         fit_stack(self.train, [config for _, config, _ in members],
                   [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
                   device=self.device, callbacks=[reporter(trial, run) for trial, _, run in members],
-                  on_end=on_end, **self.dims)
+                  on_end=on_end, features=self.features, **self.dims)
 
     def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
         """Log a trained trial's outcome; returns its objective value, the best valid RMSE."""

@@ -55,7 +55,7 @@ class Session:
         """The trial function, with this process's copy of train and valid on the device."""
         return Objective(self.space, self.data.part("train"), self.data.part("valid"), self.data.dims,
                          device=self.device, seed=self.options.seed, tracker=self.tracker,
-                         study_name=self.shared.name, cap=self.cap)
+                         study_name=self.shared.name, cap=self.cap, features=self.data.features)
 
     def parent_tags(self) -> dict[str, str]:
         """What the parent run records about where and on what the study ran."""

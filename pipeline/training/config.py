@@ -33,6 +33,10 @@ class TrainConfig(BaseModel):
     implicit: str = "none"
     """Implicit-feedback blocks: none, user (SVD++: each user's vector gains the normalized sum of
     factors of the items they rated), item (each item's gains its raters'), or both."""
+    features: str = "none"
+    """Side-feature blocks (the data's user and item features, one block per feature group): none,
+    user (each user's vector gains the sum of its feature values' factors, and its bias their
+    weights), item (the same for items), or both."""
     burn_in: int = 0
     """bayes: sweeps discarded before the posterior mean starts averaging samples."""
     factors: int = 30
@@ -74,6 +78,7 @@ class TrainConfig(BaseModel):
         checks = [
             (self.family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}"),
             (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
+            (self.features in IMPLICIT, "features", f"one of {', '.join(IMPLICIT)}"),
             (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.factors >= 1, "factors", ">= 1"),

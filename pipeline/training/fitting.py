@@ -19,10 +19,10 @@ from pipeline.training.driver import EndCallback, EpochCallback, FitResult, driv
 __all__ = ["fit", "fit_stack", "refit", "stack_key"]
 
 
-def stack_key(config: TrainConfig) -> tuple[str, int, str] | None:
-    """(optimizer, batch size, implicit mode) for configs that can share a stack (only configs with
-    the same key can); None for those trained alone (bayes)."""
-    return (config.optimizer, config.batch_size, config.implicit) if config.family == "mf" else None
+def stack_key(config: TrainConfig) -> tuple[str, int, str, str] | None:
+    """(optimizer, batch size, implicit mode, feature mode) for configs that can share a stack (only
+    configs with the same key can); None for those trained alone (bayes)."""
+    return (config.optimizer, config.batch_size, config.implicit, config.features) if config.family == "mf" else None
 
 
 def fit(train: Interactions, config: TrainConfig, *, seed: int = 0, callback: EpochCallback | None = None,
@@ -53,36 +53,55 @@ def fit_stack(train: Interactions, configs: Sequence[TrainConfig], seeds: Sequen
 def _fit_all(train: Interactions, configs: list[TrainConfig], seeds: list[int], *, n_users: int, n_items: int,
              rating_scale: tuple[float, float], valid: Interactions | None = None,
              device: torch.device | str | None = None, callbacks: Sequence[EpochCallback | None] | None = None,
-             threads: int | None = 1, compiled: bool = True, on_end: EndCallback | None = None
-             ) -> list[FitResult | Exception]:
+             threads: int | None = 1, compiled: bool = True, on_end: EndCallback | None = None,
+             features: dict | None = None) -> list[FitResult | Exception]:
     """valid: scored after every epoch (clamped RMSE) for the callbacks and early stopping; without
-    it every epoch runs. on_end: see `drive`. device: see `resolve_device`. threads: CPU intra-op threads during an mf
+    it every epoch runs. on_end: see `drive`. features: {"user": [...], "item": [...]}, each
+    side's feature blocks over the table rows (`Split.features`), for configs with `features`. device: see `resolve_device`. threads: CPU intra-op threads during an mf
     fit (bayes keeps torch's: its large batched products pay). compiled: sparse_sgd on a CPU with
     the numba loop (same mathematics, ~3× faster)."""
     device = resolve_device(device)
     train = train.to(device)
     valid = valid.to(device) if valid is not None and len(valid) else None
     dims = {"n_users": n_users, "n_items": n_items, "rating_scale": rating_scale}
-    engine = _engine(train, configs, seeds, dims, valid, device, compiled)
+    folds = _feature_folds(configs[0].features, features or {}, device)
+    engine = _engine(train, configs, seeds, dims, valid, device, compiled, folds)
     bayes = configs[0].family == "bayes"
     with cpu_threads(device, None if bayes else threads):
         return drive(engine, configs, callbacks or [None] * len(configs), valid is not None, len(train), on_end)
 
 
-def _engine(train, configs, seeds, dims, valid, device, compiled: bool):
+def _feature_folds(mode: str, features: dict, device) -> dict[str, list]:
+    """Each side's feature blocks as folds (pipeline.training.blocks.Fold) where `mode` asks for
+    them; a side asked for that the data has no features for is an error."""
+    from pipeline.training.blocks import Fold
+    from pipeline.model import ITEM_ONE, USER_ONE
+
+    folds = {}
+    for side, const in (("user", USER_ONE), ("item", ITEM_ONE)):
+        if mode in (side, "both"):
+            if not features.get(side):
+                raise ValueError(f"train config features={mode!r}: the data has no {side} features")
+            folds[side] = [Fold.of(block, const, device) for block in features[side]]
+    return folds
+
+
+def _engine(train, configs, seeds, dims, valid, device, compiled: bool, folds: dict):
     config = configs[0]
+    if folds and config.family == "bayes":
+        raise ValueError("train config features: side features are not yet sampled by the bayes family")
     if config.family == "bayes":
         from pipeline.training.gibbs import GibbsEngine
 
         generator = torch.Generator(device=device).manual_seed(seeds[0])
         return GibbsEngine(train, config, **dims, valid=valid, generator=generator)
-    if config.optimizer == "sparse_sgd" and config.implicit == "none" and compiled and device.type == "cpu":
+    if config.optimizer == "sparse_sgd" and config.implicit == "none" and not folds and compiled and device.type == "cpu":
         from pipeline.training.compiled import CompiledEngine  # numba: imported only when it runs
 
         return CompiledEngine(train, configs, seeds, dims, valid)
     from pipeline.training.tensor import TensorEngine
 
-    return TensorEngine(train, configs, seeds, dims, valid, device)
+    return TensorEngine(train, configs, seeds, dims, valid, device, folds)
 
 
 def refit(rows: Interactions, config: TrainConfig, epochs: int, **fit_options) -> FitResult:

@@ -13,8 +13,10 @@ l2_bias, weight_decay, momentum, init_std, its initial tables and its own permut
 every epoch, drawn from generators seeded as a single fit seeds them. What must match across a
 stack is `pipeline.training.stack_key`: one optimizer, one batch size, one implicit mode.
 
-Implicit blocks (SVD++): the scored tables hold U = P + A·Y and V = Q + C·Z (so scoring and the
-export need nothing else); P, Q are each row's own, Y and Z the blocks (`Block`), all learned.
+Blocks: the scored tables hold U = P + A·Y + Σ_g S_g·W_g and V likewise (so scoring and the export
+need nothing else); P, Q are each row's own, Y (SVD++'s implicit block; Koren 2008) and the side
+features' W_g (one per feature group, S_g its CSR rows) are `Block`s, all learned, each with the
+model's L2 on every block row an example reads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from pipeline.evaluate import _CHUNK, clamped_error
 from pipeline.model import ITEM_ONE, USER_ONE, MatrixFactorization, learned_columns, narrow, widen
 from pipeline.split import Interactions
-from pipeline.training.blocks import Side
+from pipeline.training.blocks import Fold, Side
 from pipeline.training.config import TrainConfig
 from pipeline.training.graph import EpochGraph
 from pipeline.training.tables import initial_model, l2_columns
@@ -33,13 +35,13 @@ __all__ = ["TensorEngine"]
 
 
 class Block:
-    """One implicit block of K models: table (K, other_rows, W), folded into side `k`'s rows (0
-    users, 1 items) by `side.A`. Starts at 0."""
+    """One block of K models (implicit feedback or a side-feature group): table (K, other_rows, W),
+    folded into side `k`'s rows (0 users, 1 items) by `side.A` (a `Fold`). Starts at 0."""
 
-    def __init__(self, k: int, side: Side, models: int, width: int) -> None:
-        self.k, self.side = k, side
-        self.table = torch.zeros(models, side.other_rows, width, device=side.own.device)
-        self.reach = side.matrix_t(torch.ones_like(side.weight))  # (other_rows, rows): which rows read a block row
+    def __init__(self, k: int, side: Fold, models: int, width: int, average: bool = False) -> None:
+        self.k, self.side, self.average = k, side, average
+        self.table = torch.zeros(models, side.other_rows, width, device=side.values.device)
+        self.reach = side.matrix_t(torch.ones_like(side.values))  # (other_rows, rows): which rows read a block row
 
     def fold(self) -> torch.Tensor:
         """A·Y per model: (K, rows, W)."""
@@ -48,15 +50,19 @@ class Block:
     def gradient(self, rows: torch.Tensor, grad: torch.Tensor, l2: torch.Tensor | None, scale: float) -> torch.Tensor:
         """The block's gradient (K, other_rows, W) from the batch's gradients on scored rows
         (rows: flat (B·K,), grad (B, K, W), already scaled): Aᵀ·G plus each example's L2 on every
-        block row it reads (l2 (K, W) per column; None: no model has L2)."""
+        block row it reads (l2 (K, W) per column; None: no model has L2); `average`: each block row's
+        gradient divided by the examples that read it (a feature value most rows share would
+        otherwise take a summed step of the whole batch at once)."""
         K, O, W = self.table.shape
         dense = torch.zeros(K * self.side.rows, W, device=grad.device).index_add_(0, rows, grad.view(-1, W))
         result = _per_model(self.side.At, dense.view(K, -1, W)).contiguous()  # fused optimizers read it flat
-        if l2 is None:
+        if l2 is None and not self.average:
             return result
         counts = torch.bincount(rows, minlength=K * self.side.rows).view(K, -1).T.to(grad.dtype)  # (rows, K)
         uses = (self.reach @ counts).T[:, :, None]  # (K, other_rows, 1)
-        return result.addcmul_(self.table * uses, l2[:, None, :], value=scale)
+        if l2 is not None:
+            result.addcmul_(self.table * uses, l2[:, None, :], value=scale)
+        return result.div_(uses.clamp_min(1.0)) if self.average else result
 
 
 def _per_model(matrix: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -69,7 +75,7 @@ class TensorEngine:
     """K mf models of one optimizer, batch size and implicit mode (see `driver.Engine`)."""
 
     def __init__(self, train: Interactions, configs: list[TrainConfig], seeds: list[int], dims: dict,
-                 valid: Interactions | None, device: torch.device) -> None:
+                 valid: Interactions | None, device: torch.device, folds: dict | None = None) -> None:
         self.train, self.valid, self.configs, self.device = train, valid, configs, device
         self.width = W = max(c.factors for c in configs) + 2
         mean = train.ratings.double().mean().item()
@@ -77,6 +83,9 @@ class TensorEngine:
         self.own = [torch.stack([widen(getattr(m, name).detach(), m.factors, W) for m in self.models])
                     for name in ("users", "items")]
         self.blocks = _blocks(train, configs[0].implicit, dims, len(configs), W)
+        average = configs[0].optimizer == "sparse_sgd"  # its steps are per example: see Block.gradient
+        self.blocks += [Block(k, fold, len(configs), W, average) for k, side in enumerate(("user", "item"))
+                        for fold in (folds or {}).get(side, [])]
         self.offset = self.models[0].global_mean - train.ratings  # μ − r, once: err = p·q + (μ − r)
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.live = list(range(len(configs)))
@@ -126,7 +135,7 @@ class TensorEngine:
         self.scored = list(self.own)
         for block in self.blocks:
             block.table[..., block.side.const] = 0.0
-            self.scored[block.k] = self.own[block.k] + block.fold()
+            self.scored[block.k] = self.scored[block.k] + block.fold()
 
     def epoch(self, epoch: int) -> list[float]:
         """One epoch of every live model, in place; each one's train MSE (one sync)."""
