@@ -94,6 +94,15 @@ class Split:
         return [] if features is None else features.blocks(getattr(self, f"{side}_ids"))
 
     @property
+    def features_digest(self) -> str:
+        """What the side features are ("none" without any): a study made with other features refuses
+        this split, as it refuses another split (features are not part of `fingerprint`)."""
+        digests = [getattr(self.ratings, f"{side}_features") for side in ("user", "item")]
+        if not any(digests):
+            return "none"
+        return hashlib.sha256(" ".join(f.digest if f else "-" for f in digests).encode()).hexdigest()
+
+    @property
     def features(self) -> dict:
         """Each side's feature blocks over the tables (`feature_blocks`): `fit`'s `features`."""
         return {side: self.feature_blocks(side) for side in ("user", "item")}

@@ -56,3 +56,19 @@ def test_features_asked_of_data_without_them_is_one_clear_error(grouped):
         fit(grouped.part("train"), _sgd(features="user"), **grouped.dims)
     with pytest.raises(ValueError, match="features='sideways'"):
         _sgd(features="sideways")
+
+
+def test_a_study_made_without_the_features_refuses_them(grouped):
+    import optuna
+
+    from pipeline.search.options import SearchError
+    from pipeline.search.study import open_study
+    from pipeline.space import load_space
+
+    storage, space = optuna.storages.InMemoryStorage(), load_space("quick")
+    plain = split(grouped.ratings.replace(user_features=None), seed=0, test=0.1, valid=0.3)
+    assert plain.fingerprint == grouped.fingerprint and plain.features_digest == "none"
+    open_study(storage, "s", space, plain, seed=0)
+    with pytest.raises(SearchError, match="'s' was created for another set of side features"):
+        open_study(storage, "s", space, grouped, seed=0)
+    open_study(storage, "s", space, plain, seed=0)  # the same data resumes it

@@ -114,6 +114,9 @@ class SharedStudy:
                 if what.startswith(prefix) and record.get("state") != "done"]
 
 
+_WHAT = {"space_digest": "space", "split_fingerprint": "split", "features_digest": "set of side features"}
+
+
 def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
                grace: float = SearchOptions.grace) -> SharedStudy:
     """Create or resume `name`; refuse it if it was made for another search space or split.
@@ -121,12 +124,13 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
                                 sampler=space.make_sampler(seed), pruner=space.make_pruner())
     shared = SharedStudy(study, storage, grace)
-    expected = {"space_digest": space.digest(), "split_fingerprint": data.fingerprint}
+    expected = {"space_digest": space.digest(), "split_fingerprint": data.fingerprint,
+                "features_digest": data.features_digest}
     attrs = study.user_attrs
     for key, value in expected.items():
         if key in attrs and attrs[key] != value:
             raise SearchError(
-                f"study {name!r} was created for another {key.split('_')[0]} ({key} {attrs[key][:12]}…, "
+                f"study {name!r} was created for another {_WHAT[key]} ({key} {attrs[key][:12]}…, "
                 f"this run's {value[:12]}…): pass a new --study-name, or the original search space and data")
 
     def init() -> None:
