@@ -136,7 +136,10 @@ class Registry:
 def filter_literal(value: str) -> str:
     """`value` as a string literal of MLflow's search filters: quoted with whichever of ' and " it
     does not hold (MLflow strips the quotes and unescapes nothing, so 'bob''s' and 'bob\\'s' do not
-    work; "bob's" does). A value holding both cannot be written: ValueError."""
+    work; "bob's" does). A value holding both, or ending in a backslash (it would escape the
+    closing quote), cannot be written: ValueError."""
+    if value.endswith("\\"):
+        raise ValueError(f"{value!r}: MLflow's search filters cannot quote a value ending in a backslash")
     if "'" not in value:
         return f"'{value}'"
     if '"' not in value:

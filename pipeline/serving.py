@@ -125,12 +125,13 @@ def _texts(column: pd.Series, numbers_ok: bool) -> list[str]:
 
 
 def _number_text(value) -> str | None:
-    """The plain text of a number as the ratings file's ids keep it (7.0 -> "7"), or None."""
+    """The plain text of a number as the ratings file's ids keep it (7.0 -> "7"), or None (a float
+    beyond EXACT was rounded before it got here: it names no id for sure)."""
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and abs(value) <= EXACT:
         return str(int(value)) if float(value).is_integer() else repr(float(value))
     return None
 

@@ -143,13 +143,14 @@ class Tracker:
         return self.parent_id
 
     def reopen_parent(self, run_id: str, tags: dict[str, str]) -> bool:
-        """Attach to an existing parent run and mark it RUNNING; False if the store lost it (any
-        other failure, such as a locked store, is a TrackingError: not a reason for a new parent)."""
+        """Attach to an existing parent run and mark it RUNNING; False if the store lost it or it was
+        deleted (in `mlflow ui`); any other failure, such as a locked store, is a TrackingError: not
+        a reason for a new parent."""
         with self._reported(f"reopening the parent run {run_id}"):
             try:
                 self.client.update_run(run_id, status="RUNNING")
             except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and self.client.get_run(run_id).info.lifecycle_stage != "deleted":
                     raise
                 return False
         self.parent_id = run_id

@@ -168,15 +168,17 @@ def test_ctrl_c_in_a_stack_closes_and_tells_every_open_trial_of_the_batch(small_
 
 def test_ctrl_c_late_in_a_stack_keeps_the_members_that_had_ended_and_marks_the_others_interrupted(
         small_split, monkeypatch):
-    interrupt_at(monkeypatch, 2, 3)  # trial 1 (2 epochs) has ended: it is told at once, COMPLETE
+    # Ctrl-C in trial 3's epoch 3: trial 0 ended at epoch 2 (told then), trial 1 at epoch 3 before the
+    # interrupt (told as it propagates); trials 2 and 3 are interrupted.
+    interrupt_at(monkeypatch, 3, 3)
     s = Study()
-    configs = {0: sgd(256).replace(epochs=2), 1: sgd(256), 2: sgd(256).replace(epochs=5)}
+    configs = {0: sgd(256).replace(epochs=2), 1: sgd(256), 2: sgd(256).replace(epochs=5), 3: sgd(256).replace(epochs=5)}
     objective = Scripted(small_split, configs)
     with pytest.raises(KeyboardInterrupt):
-        run_batch(s, objective, ask_batch(s, Cap(10), 3), [s.callback])
-    assert s.states() == [C, F, F] and s.called == [(0, C)]
-    assert objective.tracker.ended() == {0: ["FINISHED"], 1: ["KILLED"], 2: ["KILLED"]}
-    assert [t.user_attrs.get("interrupted") for t in s.study.trials] == [None, True, True]
+        run_batch(s, objective, ask_batch(s, Cap(10), 4), [s.callback])
+    assert s.states() == [C, C, F, F] and s.called == [(0, C), (1, C)]
+    assert objective.tracker.ended() == {0: ["FINISHED"], 1: ["FINISHED"], 2: ["KILLED"], 3: ["KILLED"]}
+    assert [t.user_attrs.get("interrupted") for t in s.study.trials] == [None, None, True, True]
 
 
 def test_a_storage_error_while_telling_closes_every_run_once_and_propagates(small_split):

@@ -92,5 +92,8 @@ def test_ctrl_c_stops_every_model():
     def interrupt(epoch, loss, rmse):
         raise KeyboardInterrupt
 
+    ended = []
     with pytest.raises(KeyboardInterrupt):
-        drive(Scripted([curve(0.9), curve(0.9)]), [TrainConfig(epochs=1)] * 2, [None, interrupt], True, rows=10)
+        drive(Scripted([curve(0.9), curve(0.9)]), [TrainConfig(epochs=1)] * 2, [None, interrupt], True, rows=10,
+              on_end=lambda k, outcome: ended.append(k))
+    assert ended == [0]  # model 0 ended in that epoch before the interrupt: it is kept

@@ -51,3 +51,23 @@ def test_a_file_that_is_not_a_journal_or_a_folder_is_refused_untouched(tmp_path)
     assert ratings.read_bytes() == b"user_id,item_id,rating\n1,2,5"
     with pytest.raises(SearchError, match=rf"--storage {tmp_path}: a folder; expected a journal file"):
         check_storage(str(tmp_path))
+
+
+def test_a_damaged_last_line_is_refused_before_anything_is_written_after_it(tmp_path):
+    path = tmp_path / "optuna.journal"
+    _study_with_trials(path, 2)
+    damaged = path.read_bytes() + b'{"op_co{"op_code":5}\n'  # old versions appended after a torn record
+    path.write_bytes(damaged)
+    last = len(damaged.splitlines())
+    with pytest.raises(SearchError, match=rf"line {last} is not an Optuna journal record"):
+        open_storage(str(path))
+    assert path.read_bytes() == damaged
+
+
+def test_a_first_record_torn_short_or_a_long_torn_tail_is_cut_too(tmp_path):
+    path = tmp_path / "optuna.journal"
+    path.write_bytes(b'{"op_co')  # the very first write, cut short
+    optuna.create_study(storage=open_journal(path), study_name="s")
+    assert optuna.get_all_study_names(open_journal(path)) == ["s"]
+    path.write_bytes(path.read_bytes() + b'{"op_code":4,' + b"x" * 70_000)  # torn beyond one 64 KiB read
+    assert optuna.get_all_study_names(open_journal(path)) == ["s"] and path.read_bytes().endswith(b"\n")

@@ -43,6 +43,8 @@ def test_a_registered_model_name_is_refused_exactly_where_mlflow_refuses_it(name
 def test_a_name_mlflows_filters_cannot_quote_is_refused():
     with pytest.raises(SearchError, match="without both ' and \""):
         SearchOptions(register_as="bob's \"best\"")
+    with pytest.raises(SearchError, match="not ending in a backslash"):
+        SearchOptions(register_as="models\\")  # it would escape the filter's closing quote
 
 
 def test_the_bounds_are_the_stores_columns():

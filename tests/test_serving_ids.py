@@ -177,7 +177,7 @@ def test_an_id_beyond_int64_is_refused_not_wrapped_onto_another_user(models):
 
 def test_a_string_column_refuses_booleans_and_missing_values(models):
     *_, server = models["int-str"]
-    for value, shown in (("true", "True"), ("null", "a missing value"), ("Infinity", "inf")):
+    for value, shown in (("true", "True"), ("null", "a missing value"), ("Infinity", "inf"), ("1e30", "1e+30")):
         body = '{"dataframe_split": {"columns": ["user_id", "item_id"], "data": [[-20, %s]]}}' % value
         status, answer = server.post(body, "application/json")
         refusal = f"column item_id, row 0: {shown} cannot be one of this model's item ids: expected text"

@@ -177,3 +177,29 @@ def test_interrupted_trials_are_queued_again_once_while_the_cap_has_room(shared)
     assert retry_lost_trials(shared, Cap(2)) == []  # done once; the cap is full
     assert retry_lost_trials(shared, Cap(3)) == [2] and retry_lost_trials(shared, Cap(3)) == []
     assert _names(shared.storage) == ["s"]
+
+
+def test_orphan_runs_are_closed_and_a_run_of_a_trial_not_yet_seen_is_left_alone(shared):
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from pipeline.search.recovery import close_orphan_runs
+
+    for state in (TrialState.COMPLETE, TrialState.RUNNING):
+        trial = shared.study.ask()
+        if state == TrialState.COMPLETE:
+            shared.study.tell(trial, 1.0)
+
+    class Runs:
+        failed = []
+
+        def running_children(self):  # trial 2 is asked by another worker right after this read
+            return [SimpleNamespace(info=SimpleNamespace(run_id=f"run-{n}"),
+                                    data=SimpleNamespace(tags={"optuna.trial_number": str(n)})) for n in (0, 1, 2)]
+
+        def fail_run(self, run_id, reason):
+            self.failed.append(run_id)
+
+    runs = Runs()
+    assert close_orphan_runs(shared.study, runs) == 1 and runs.failed == ["run-0"]  # 1 runs, 2 is unknown yet

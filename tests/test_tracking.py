@@ -93,6 +93,8 @@ def test_a_parent_is_reopened_by_id_and_closed_with_its_status(tracker):
     assert run.info.status == "RUNNING" and run.data.tags["device"] == "cpu"
     other.log_parent(params={"best.factors": 8}, metrics={"test_rmse": 0.9}, tags={"best_trial": 3})
     other.close_parent("FINISHED")
+    other.client.delete_run(tracker.parent_id)  # in `mlflow ui`: the study gets a new parent, as if lost
+    assert not other.reopen_parent(tracker.parent_id, {})
     run = other.client.get_run(tracker.parent_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_rmse"] == 0.9
     assert run.data.params["best.factors"] == "8" and run.data.tags["best_trial"] == "3"

@@ -23,7 +23,7 @@ from pipeline.search.options import SearchError
 
 __all__ = ["open_journal"]
 
-_TAIL = 1 << 16  # bytes read from the end to find the last newline (one record is far shorter)
+_TAIL = 1 << 16  # bytes read at a time, from the end, to find the last newline
 _RECORD = b'{"op_code":'  # how every record of Optuna's journal begins
 
 
@@ -43,25 +43,23 @@ def open_journal(path: Path) -> JournalStorage:
 
 
 def _cut_torn_tail(path: Path) -> None:
-    """Truncate `path` after its last newline, keeping what is cut in `<path>.torn-<time>`."""
+    """Truncate `path` after its last newline, keeping what is cut in `<path>.torn-<time>`; refuse a
+    last complete line that is not a record (Optuna would skip it and append after it)."""
     if not path.is_file():
         return
     with open(path, "rb+") as journal:
-        if journal.read(len(_RECORD)) not in (b"", _RECORD):  # never cut a file that is not a journal
+        if not _RECORD.startswith(journal.read(len(_RECORD))):  # never cut a file that is not a journal
             raise SearchError(f"--storage {path}: not an Optuna journal (its first line is not a record); "
                               "pass another --storage")
         size = journal.seek(0, os.SEEK_END)
-        journal.seek(max(0, size - _TAIL))
-        tail = journal.read()
-        if not tail or tail.endswith(b"\n"):
+        keep = _after_last_newline(journal, size)
+        if keep and not _parses(journal, _after_last_newline(journal, keep - 1), keep):
+            raise SearchError(_damaged(path))
+        if keep == size:
             return
-        end = tail.rfind(b"\n")
-        if end < 0 and size > _TAIL:
-            raise SearchError(f"--storage {path}: its last {_TAIL} bytes hold no complete record; "
-                              "it is damaged: pass another --storage")
-        keep = size - len(tail) + end + 1
+        journal.seek(keep)
         saved = path.with_name(f"{path.name}.torn-{int(time.time())}")
-        saved.write_bytes(tail[end + 1:])
+        saved.write_bytes(journal.read())
         journal.truncate(keep)
         journal.flush()
         os.fsync(journal.fileno())
@@ -69,7 +67,29 @@ def _cut_torn_tail(path: Path) -> None:
           f"worker); removed, and kept in {saved}", file=sys.stderr)
 
 
-def _damaged(path: Path, error: ValueError) -> str:
+def _after_last_newline(journal, before: int) -> int:
+    """The position just after the last newline in the bytes before `before` (0: none)."""
+    end = before
+    while end > 0:
+        start = max(0, end - _TAIL)
+        journal.seek(start)
+        found = journal.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def _parses(journal, start: int, end: int) -> bool:
+    journal.seek(start)
+    try:
+        json.loads(journal.read(end - start))
+        return True
+    except ValueError:
+        return False
+
+
+def _damaged(path: Path, error: ValueError | None = None) -> str:
     """The message for a journal Optuna cannot replay: the first line that is not a record."""
     with open(path, "rb") as journal:
         for number, line in enumerate(journal, start=1):

@@ -131,6 +131,8 @@ def _check_model_name(name: str) -> None:
         why = f"at most {MLFLOW_NAME} characters"
     elif "'" in name and '"' in name:
         why = "a name without both ' and \" (MLflow's search filters cannot quote it)"
+    elif name.endswith("\\"):
+        why = "a name not ending in a backslash (MLflow's search filters cannot quote it)"
     else:
         return
     raise SearchError(f"--register-as {_shown(name)}: expected {why}")

@@ -99,11 +99,12 @@ def _retry_of(study: optuna.Study, number: int) -> int | None:
 def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> int:
     """Close child runs left RUNNING by a trial that is over (a worker killed or interrupted at a
     bad moment); returns how many. Runs of trials still running elsewhere are left alone."""
+    running = tracker.running_children()  # first: a trial asked after this read is not in it
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     closed = 0
-    for run in tracker.running_children():
+    for run in running:
         number = int(run.data.tags.get("optuna.trial_number", -1))
-        if states.get(number, TrialState.FAIL) not in (TrialState.RUNNING, TrialState.WAITING):
+        if states.get(number, TrialState.RUNNING) not in (TrialState.RUNNING, TrialState.WAITING):
             tracker.fail_run(run.info.run_id, f"trial {number} ended without closing its run")
             closed += 1
     return closed

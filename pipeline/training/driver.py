@@ -111,22 +111,24 @@ def drive(engine: Engine, configs: Sequence[TrainConfig], callbacks: Sequence[Ep
         seconds = time.perf_counter() - start
         rmses = engine.valid_rmse() if has_valid else [math.nan] * len(engine.live)
         leaving = []
-        for k, loss, rmse in zip(list(engine.live), losses, rmses):
-            results[k].train_seconds += seconds
-            try:
-                done = _end_epoch(engine, k, configs[k], epoch, loss, rmse, has_valid, callbacks[k], results[k],
-                                  bests[k])
-            except Exception as exc:  # noqa: BLE001 - this model's end (pruned, diverged), not the others'
-                outcomes[k], done = exc, True
-            if done:
-                leaving.append(k)
-        for k in leaving:
-            if outcomes[k] is None:
-                outcomes[k] = _close(engine, k, results[k], bests[k], rows)
-        engine.drop(leaving)
-        for k in leaving:
-            if on_end is not None:
-                on_end(k, outcomes[k])
+        try:
+            for k, loss, rmse in zip(list(engine.live), losses, rmses):
+                results[k].train_seconds += seconds
+                try:
+                    done = _end_epoch(engine, k, configs[k], epoch, loss, rmse, has_valid, callbacks[k], results[k],
+                                      bests[k])
+                except Exception as exc:  # noqa: BLE001 - this model's end (pruned, diverged), not the others'
+                    outcomes[k], done = exc, True
+                if done:
+                    leaving.append(k)
+        finally:  # Ctrl-C in a later model's callback: the models that ended before it still end
+            for k in leaving:
+                if outcomes[k] is None:
+                    outcomes[k] = _close(engine, k, results[k], bests[k], rows)
+            engine.drop(leaving)
+            for k in leaving:
+                if on_end is not None:
+                    on_end(k, outcomes[k])
     return outcomes
 
 
