@@ -8,15 +8,26 @@ Each table has one extra last row, the fallback for ids unseen in training: [0�
 
 This module owns that layout: the two trailing columns are named below by their negative index
 (so a row widened with zero factors, as a stack does, keeps them); every other module names them.
+
+Side features: a model trained with them carries each feature group's table W_g in `side_tables`
+(same layout, constant column 0), and an entity unseen in training but given its feature values
+gets the row fallback + Σ_g k_g^-1/2 Σ_v W_g[v] (k_g: its number of values in group g), the row the
+trainer folds for a known one minus its own part. `fold_features` is that sum, in process and in
+the export (`FeatureScorer`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ITEM_BIAS", "ITEM_ONE", "USER_BIAS", "USER_ONE", "MatrixFactorization", "RawIdScorer", "learned_columns",
-           "narrow", "widen"]
+__all__ = ["ITEM_BIAS", "ITEM_ONE", "SIDES", "USER_BIAS", "USER_ONE", "FeatureScorer", "MatrixFactorization",
+           "RawIdScorer", "feature_entries", "fold_features", "learned_columns", "narrow", "widen"]
+
+SIDES = ("user", "item")
 
 USER_BIAS, USER_ONE = -2, -1  # user row [p_u, b_u, 1]
 ITEM_ONE, ITEM_BIAS = -2, -1  # item row [q_i, 1, b_i]
@@ -46,6 +57,12 @@ class MatrixFactorization(nn.Module):
 
     Parameters: `users` (n_users + 1, factors + 2), `items` (n_items + 1, factors + 2), float32.
     Buffers: `global_mean` (), `rating_scale` (2,) = (low, high).
+    `side_tables`: {"user": [W_g], "item": [...]}, one float32 (n_values_g, factors + 2) per
+    feature group in the order of the side's groups (`SideFeatures.groups`), row v the group's value
+    v (its vocabulary's order), in the side's layout with its constant column 0 ([w, b, 0] for users,
+    [w, 0, b] for items); a side without features is absent ({} for a model without any). Any family
+    fills it; it is a plain attribute (not in `state_dict`, not moved by `.to`): what reads it
+    moves it.
     """
 
     def __init__(self, n_users: int, n_items: int, factors: int, global_mean: float,
@@ -56,6 +73,7 @@ class MatrixFactorization(nn.Module):
         self.items = nn.Parameter(torch.zeros(n_items + 1, factors + 2))
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
         self.register_buffer("rating_scale", torch.tensor(rating_scale, dtype=torch.float32))
+        self.side_tables: dict[str, list[torch.Tensor]] = {}
         self.restore_constants()
 
     @property
@@ -89,6 +107,30 @@ class MatrixFactorization(nn.Module):
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores clamped to the rating scale, float32 (N,)."""
         return self(users, items).clamp(self.rating_scale[0], self.rating_scale[1])
+
+    def score_rows(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Rows in, as `predict` scores table rows: users (N, factors + 2), items (N, factors + 2) ->
+        clamped float32 (N,)."""
+        return ((users * items).sum(1) + self.global_mean).clamp(self.rating_scale[0], self.rating_scale[1])
+
+    def feature_tables(self, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`side`'s tables stacked: (Σ_g n_values_g, factors + 2) and each group's first row, int64 (G,);
+        (0, factors + 2) and (0,) without features."""
+        tables = [t.to(self.users.device) for t in self.side_tables.get(side, [])]
+        sizes = torch.tensor([0] + [len(t) for t in tables], device=self.users.device)
+        stacked = torch.cat(tables) if tables else self.users.new_zeros(0, self.users.shape[1])
+        return stacked.detach(), sizes.cumsum(0)[:-1].clone()  # its own storage: torch.export.save wants it
+
+    @torch.no_grad()
+    def feature_rows(self, side: str, codes: Sequence[Sequence[np.ndarray] | Mapping[str, np.ndarray]]) -> torch.Tensor:
+        """Rows of entities unseen in training, from their feature values: codes[n] holds entity n's
+        value indices per group (int64 (k,) each, k >= 0; a sequence in the groups' order, or
+        `SideFeatures.encode_row`'s dict) -> float32 (N, factors + 2): the side's fallback row +
+        Σ_g k_g^-1/2 Σ_v W_g[v]. Without side tables every row is the fallback row."""
+        table, starts = self.feature_tables(side)
+        fallback = (self.users if side == "user" else self.items)[-1].detach()
+        entries = torch.from_numpy(feature_entries(codes, len(starts))).to(fallback.device)
+        return fallback + fold_features(table, starts, entries, len(codes))
 
     # Readable views for analysis and tests: (n, factors) and (n,), fallback row excluded.
     @property
@@ -131,3 +173,58 @@ class RawIdScorer(nn.Module):
         users = self._rows(self.user_ids, pairs[:, 0].contiguous())
         items = self._rows(self.item_ids, pairs[:, 1].contiguous())
         return self.model.predict(users, items)
+
+
+class FeatureScorer(RawIdScorer):
+    """Export wrapper for a model with side tables: `RawIdScorer`'s pairs, plus feature values, in.
+
+    forward(pairs int64 (N, 2), user_entries int64 (M, 3), item_entries int64 (M', 3)) -> float32
+    (N,). An entries row (n, g, v): pair n's entity has value v (an index into the group's
+    vocabulary) in group g (the side's group order); see `feature_entries`. An id unseen in
+    training gets its side's fallback row + `fold_features`; a known id keeps its learned row (its
+    entries are ignored). A side without tables gets one zero row, so the graph always has both
+    inputs (send no entries for it).
+    """
+
+    def __init__(self, model: MatrixFactorization, user_ids: torch.Tensor, item_ids: torch.Tensor) -> None:
+        super().__init__(model, user_ids, item_ids)
+        for side in SIDES:
+            table, starts = model.feature_tables(side)
+            if not len(starts):
+                table, starts = table.new_zeros(1, table.shape[1]), starts.new_zeros(1)
+            self.register_buffer(f"{side}_table", table.contiguous())
+            self.register_buffer(f"{side}_starts", starts.contiguous())
+
+    def forward(self, pairs: torch.Tensor, user_entries: torch.Tensor, item_entries: torch.Tensor) -> torch.Tensor:
+        model, n = self.model, pairs.shape[0]
+        users = self._rows(self.user_ids, pairs[:, 0].contiguous())
+        items = self._rows(self.item_ids, pairs[:, 1].contiguous())
+        new_users = (users == self.user_ids.shape[0]).to(model.users.dtype)[:, None]  # the fallback row
+        new_items = (items == self.item_ids.shape[0]).to(model.items.dtype)[:, None]
+        user_rows = model.users[users] + new_users * fold_features(self.user_table, self.user_starts, user_entries, n)
+        item_rows = model.items[items] + new_items * fold_features(self.item_table, self.item_starts, item_entries, n)
+        return model.score_rows(user_rows, item_rows)
+
+
+def feature_entries(codes: Sequence[Sequence[np.ndarray] | Mapping[str, np.ndarray]], groups: int) -> np.ndarray:
+    """Entities' value indices (codes[n][g]: int64 (k,), groups in order; a dict's values in its
+    order) -> entries int64 (M, 3), one row (n, g, v) per value."""
+    rows = []
+    for n, per_group in enumerate(codes):
+        values = list(per_group.values()) if isinstance(per_group, Mapping) else list(per_group)
+        if len(values) != groups:
+            raise ValueError(f"feature_rows: entity {n} has {len(values)} groups of values: expected {groups}")
+        rows += [(n, g, int(v)) for g, group_values in enumerate(values) for v in np.asarray(group_values)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def fold_features(table: torch.Tensor, starts: torch.Tensor, entries: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ_g k_g^-1/2 Σ_v W_g[v] per entity: table (V, W) the groups' tables stacked, starts int64 (G,)
+    each group's first row, entries int64 (M, 3) rows (entity, group, value) of distinct values,
+    entity < n -> float32 (n, W) (zero for an entity without entries). k_g counts the entity's
+    entries in group g: the weights the trainer's feature blocks have (`SideFeatures.blocks`)."""
+    entity, group = entries[:, 0], entries[:, 1]
+    key = entity * starts.shape[0] + group
+    counts = table.new_zeros(n * starts.shape[0]).index_add_(0, key, table.new_ones(entries.shape[0]))
+    weights = counts[key].rsqrt()[:, None]
+    return table.new_zeros(n, table.shape[1]).index_add_(0, entity, table[starts[group] + entries[:, 2]] * weights)

@@ -13,11 +13,24 @@ column, or a value that cannot be an id of its column (20.5, inf, 1e30, 2**64 - 
 in an integer column; true or null in any), is an error naming the column, the row, the value and
 what was expected (HTTP 400 from `mlflow models serve`), never a silent score.
 
+Side features (a model trained with them: `features/` in its artifacts): optional columns
+`user.<group>` and `item.<group>` (e.g. `user.age`, `user.zip`, `item.genre`), one value per row as
+text or a number (a multi group's labels joined by `|`; missing or empty: no value). A row whose
+id is unseen in training is scored from its values (its row: the fallback row + Σ_g k_g^-1/2
+Σ_v W_g[v], in `features/scorer.pt2`); a known id keeps its learned row and its values are only
+checked. Values are encoded as `SideFeatures.encode_row` encodes text (here restated: this file
+imports no pipeline code; tests hold the two together): a numeric group buckets any finite number,
+a label the model never saw is no value. Refused (HTTP 400, naming column, row, value, expected):
+a column of a group or side the model has no table for, a number that is not finite or a word in
+a numeric group, true/false, and a number for a label group whose labels a number cannot name (a
+prefix group: CSV reads zip 02138 as 2138; send such values as JSON strings).
+
 MLflow runs this file to load the model: it imports nothing from `pipeline`.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -31,6 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 COLUMNS = ("user_id", "item_id")
+SIDES = ("user", "item")  # feature columns: "user.<group>", "item.<group>"
 LOW, HIGH = -(2**63), 2**63 - 1  # an integer column's ids are int64: anything outside is no id of the model
 EXACT = 2.0**53  # a float names an integer id only up to this size (beyond, a JSON float was rounded)
 _INTEGER_TEXT = re.compile(r"(-?[0-9]+)(?:\.0+)?")  # 7, -3, 7.0: how integer ids are written
@@ -45,6 +59,13 @@ class RatingModel(mlflow.pyfunc.PythonModel):
         # string columns only: raw id -> its row in the scorer; integer columns are the scorer's own ids
         self.positions = {column: pd.Index(ids, dtype=object) for column, ids in vocabulary.items()}
         self.numbers_ok = {column: _numbers_unambiguous(ids) for column, ids in vocabulary.items()}
+        folder = context.artifacts.get("features")
+        self.groups = json.loads((Path(folder) / "groups.json").read_text()) if folder else {}
+        self.with_features = torch.export.load(str(Path(folder) / "scorer.pt2")).module() if folder else None
+        for groups in self.groups.values():
+            for group in groups:
+                group["index"] = {label: j for j, label in enumerate(group["vocabulary"])}
+                group["numbers_ok"] = not group["prefix"] and _numbers_unambiguous(group["vocabulary"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         if not isinstance(model_input, pd.DataFrame):
@@ -55,9 +76,31 @@ class RatingModel(mlflow.pyfunc.PythonModel):
                     f"{[str(c) for c in model_input.columns]}")
         if len(model_input) == 0:
             return np.empty(0, dtype=np.float32)
-        pairs = np.stack([self._ids(model_input[c]) for c in COLUMNS], axis=1)
+        pairs = torch.from_numpy(np.stack([self._ids(model_input[c]) for c in COLUMNS], axis=1))
+        entries = self._entries(model_input)
         with torch.no_grad():
-            return self.scorer(torch.from_numpy(pairs)).numpy()
+            return (self.scorer(pairs) if entries is None else self.with_features(pairs, *entries)).numpy()
+
+    def _entries(self, frame: pd.DataFrame) -> list[torch.Tensor] | None:
+        """The feature columns' values as the FeatureScorer's entries, int64 (M, 3) rows (row, group,
+        value) per side; None without feature columns."""
+        named = [c for c in frame.columns if isinstance(c, str) and c.partition(".")[0] in SIDES and "." in c]
+        if not named:
+            return None
+        entries = {side: [] for side in SIDES}
+        for name in named:
+            side, _, group_name = name.partition(".")
+            groups = self.groups.get(side, [])
+            index = next((g for g, group in enumerate(groups) if group["name"] == group_name), None)
+            if index is None or named.count(name) > 1:
+                expected = ", ".join(f"{s}.{g['name']}" for s in SIDES for g in self.groups.get(s, []))
+                why = "appears twice" if index is not None else (f"this model has no {side} feature {group_name!r}"
+                                                                 if groups else f"this model has no {side} features")
+                _refuse(f"column {name}: {why}: expected columns user_id, item_id"
+                        f"{' and optionally ' + expected if expected else ' (it was trained without side features)'}")
+            for row, codes in enumerate(_encode_column(frame[name], groups[index])):
+                entries[side] += [(row, index, code) for code in codes]
+        return [torch.tensor(entries[side], dtype=torch.int64).reshape(-1, 3) for side in SIDES]
 
     def _ids(self, column: pd.Series) -> np.ndarray:
         """int64 (N,) for the scorer: an integer column's ids as they are, a string column's positions
@@ -143,6 +186,64 @@ def _numbers_unambiguous(ids: list[str]) -> bool:
     other = text[~text.str.fullmatch(_PLAIN_INTEGER) | (text == "-0")]
     numeric = other[pd.to_numeric(other, errors="coerce").notna()]
     return all(_number_text(float(t)) == t for t in numeric)
+
+
+def _encode_column(column: pd.Series, group: dict) -> list[list[int]]:
+    """A feature column's value indices per row (`SideFeatures`' group encoding of each value's text)."""
+    encoded, known = [], {}
+    for row, value in enumerate(column.tolist()):
+        text = _feature_text(value, group)
+        if text is not None and text not in known:
+            known[text] = _encode(text, group)
+        if text is None or known[text] is None:
+            side = str(column.name).partition(".")[0]
+            _refuse(f"column {column.name}, row {row}: {_shown(value)} is no value of this model's {side} feature "
+                    f"{group['name']!r}: expected {_expected(group)}")
+        encoded.append(known[text])
+    return encoded
+
+
+def _feature_text(value, group: dict) -> str | None:
+    """One feature value as the text `SideFeatures` encodes ("" for a missing value), or None when
+    it cannot be one: a boolean, a list, a number a label group cannot read back as its text."""
+    if value is None or (pd.api.types.is_scalar(value) and not isinstance(value, str) and bool(pd.isna(value))):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)) or group["kind"] != "numeric" and not group["numbers_ok"]:
+        return None
+    if group["kind"] == "numeric" and isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value.item() if isinstance(value, np.generic) else value)  # float() reads it back
+    return _number_text(value)
+
+
+def _encode(text: str, group: dict) -> list[int] | None:
+    """`Group.encode` restated: text -> sorted distinct value indices ([]: none), None: not a number."""
+    text = text.strip()
+    if not text:
+        return []
+    if group["kind"] == "numeric":
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return [bisect.bisect_right(group["edges"], number)] if math.isfinite(number) else None
+    parts = [part.strip() for part in (text.split("|") if group["kind"] == "multi" else [text])]
+    labels = [part[: group["prefix"]] if group["prefix"] else part for part in parts if part]
+    return sorted({group["index"][label] for label in labels if label in group["index"]})
+
+
+def _expected(group: dict) -> str:
+    labels = ", ".join(group["vocabulary"][:30]) + (", ..." if len(group["vocabulary"]) > 30 else "")
+    if group["kind"] == "numeric":
+        return f"a finite number (buckets {labels})"
+    text = (f"text (its first {group['prefix']} characters are read; a number may have lost leading zeros)"
+            if group["prefix"] else "text" if not group["numbers_ok"] else "text or a number")
+    return f"{text}: {'labels joined by | ' if group['kind'] == 'multi' else ''}of {labels} (others count as none)"
+
+
+def _shown(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _refuse_value(column: pd.Series, row: int, expected: str) -> None:

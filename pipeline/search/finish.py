@@ -102,7 +102,8 @@ def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, re
     with tempfile.TemporaryDirectory() as tmp:
         save_model(Path(tmp) / "model", model, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen,
                    titles=data.ratings.item_titles, dataset=data.ratings.name,
-                   metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name})
+                   metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name},
+                   features={"user": data.ratings.user_features, "item": data.ratings.item_features})
         uri = tracker.log_model(Path(tmp) / "model", key)
     version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint, key)
     return uri, version, alias

@@ -220,17 +220,23 @@ class TensorEngine:
     def can_be_best(self, k: int, epoch: int) -> bool:
         return True
 
-    def snapshot(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model k's scored tables in its own layout (new tensors)."""
+    def snapshot(self, k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Model k's scored tables and its feature groups' tables W_g (`MatrixFactorization.side_tables`),
+        each in its own layout (new tensors)."""
         at, factors = self.live.index(k), self.configs[k].factors
-        return tuple(narrow(t[at], factors) for t in self.scored)
+        side_tables: dict[str, list[torch.Tensor]] = {}
+        for block in self.blocks:
+            if not isinstance(block.side, Side):  # a feature group's block (the implicit ones are Sides)
+                side_tables.setdefault(("user", "item")[block.k], []).append(narrow(block.table[at], factors))
+        return (*(narrow(t[at], factors) for t in self.scored), side_tables)
 
     def model(self, k: int, snapshot) -> MatrixFactorization:
-        users, items = snapshot if snapshot is not None else self.snapshot(k)
+        users, items, side_tables = snapshot if snapshot is not None else self.snapshot(k)
         model = self.models[k]
         with torch.no_grad():
             model.users.copy_(users)
             model.items.copy_(items)
+        model.side_tables = side_tables
         return model
 
     def drop(self, leaving: list[int]) -> None:
