@@ -234,12 +234,14 @@ def _encode(text: str, group: dict) -> list[int] | None:
 
 
 def _expected(group: dict) -> str:
+    """What a feature column takes, for a refusal."""
     labels = ", ".join(group["vocabulary"][:30]) + (", ..." if len(group["vocabulary"]) > 30 else "")
     if group["kind"] == "numeric":
         return f"a finite number (buckets {labels})"
-    text = (f"text (its first {group['prefix']} characters are read; a number may have lost leading zeros)"
-            if group["prefix"] else "text" if not group["numbers_ok"] else "text or a number")
-    return f"{text}: {'labels joined by | ' if group['kind'] == 'multi' else ''}of {labels} (others count as none)"
+    how = (f"text (its first {group['prefix']} characters are read; a number may have lost leading zeros)"
+           if group["prefix"] else "text or a number" if group["numbers_ok"] else "text")
+    what = "labels joined by |, each one of" if group["kind"] == "multi" else "one of"
+    return f"{how}, {what} {labels} (others count as none)"
 
 
 def _shown(value) -> str:

@@ -62,6 +62,7 @@ def test_a_saved_model_loads_back_with_the_same_scores(tmp_path, kinds):
     assert bundle.titles[item_ids[0]] == "Toy Story (1995)"  # keys come back as the item column's kind
     assert bundle.knows("user_id", user_ids[2]) and not bundle.knows("item_id", item_ids[2])  # seen: fitted pairs
     assert list(bundle.seen.columns) == ["user_id", "item_id"] and len(bundle.seen) == 4
+    assert bundle.features == {} and not (tmp_path / "model" / "artifacts" / "features").exists()  # no side tables
 
 
 @pytest.mark.parametrize("kinds,unknown", [("int", (999, 999)), ("str", ("nobody", "nothing")),
