@@ -28,21 +28,24 @@ _USERS = 256  # users scored at a time: bounds the (users, items) score matrix
 @torch.inference_mode()
 def ranking_metrics(model: MatrixFactorization, seen: Interactions, held: Interactions, k: int = 10,
                     relevant: float = 4.0) -> dict[str, float]:
-    """{ndcg_at_k, recall_at_k, map_at_k} of `model` (CPU) ranking each user's items not in `seen`
-    (the rows it was fitted on) against `held` (valid or test rows); NaN without relevant rows.
-    Only users and items the model knows take part (rows below the fallback row)."""
-    n_users, n_items = model.n_users, model.n_items
+    """{ndcg_at_k, recall_at_k, map_at_k} of `model` ranking each user's items not in `seen` (the
+    rows it was fitted on) against `held` (valid or test rows); NaN without relevant rows. Only
+    users and items the model knows take part (rows below the fallback row). Any device."""
+    n_users, n_items, device = model.n_users, model.n_items, model.users.device
+    seen, held = seen.to(device), held.to(device)
     known = (held.users < n_users) & (held.items < n_items) & (held.ratings >= relevant)
     users, targets = _relevant_sets(held.users[known], held.items[known])
     seen_by = _seen_sets(seen, n_users, n_items)
     totals = torch.zeros(3, dtype=torch.float64)
     for lo in range(0, len(users), _USERS):
         chunk = users[lo : lo + _USERS]
-        scores = model(chunk.repeat_interleave(n_items), torch.arange(n_items).repeat(len(chunk))).view(len(chunk), -1)
-        scores = scores.double() - torch.arange(n_items, dtype=torch.float64) * 1e-12  # ties: the lower row first
+        chunk = chunk.to(device)
+        items = torch.arange(n_items, device=device)
+        scores = model(chunk.repeat_interleave(n_items), items.repeat(len(chunk))).view(len(chunk), -1)
+        scores = scores.double() - items.double() * 1e-12  # ties: the lower row first
         for row, user in enumerate(chunk.tolist()):
             scores[row, seen_by.get(user, [])] = -math.inf
-        top = scores.topk(min(k, n_items), dim=1).indices
+        top = scores.topk(min(k, n_items), dim=1).indices.cpu()
         for row, user in enumerate(chunk.tolist()):
             totals += torch.tensor(_one_user(top[row].tolist(), targets[user], k))
     means = (totals / len(users)).tolist() if len(users) else [math.nan] * 3

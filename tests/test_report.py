@@ -66,8 +66,9 @@ def test_progress_before_any_complete_trial_and_when_quiet(capsys):
 SUMMARY = {
     "study": "ml-100k-default", "best_trial": 7, "best_epoch": 12, "best_valid_rmse": 0.91234,
     "best_params": {"optimizer": "sparse_sgd", "factors": 64, "lr": 0.0123456, "implicit": None},
-    "test_rmse": 0.87491, "test_mae": 0.6871,
-    "reference": {"d2l_config": {"test_rmse": 0.911, "test_mae": 0.72}, "biases_only": {"test_rmse": 0.94, "test_mae": 0.74}},
+    "test_rmse": 0.87491, "test_mae": 0.6871, "ndcg_at_10": 0.05, "recall_at_10": 0.06, "map_at_10": 0.02,
+    "reference": {"d2l_config": {"test_rmse": 0.911, "test_mae": 0.72}, "biases_only": {"test_rmse": 0.94, "test_mae": 0.74},
+                  "popularity": {"ndcg_at_10": 0.12, "recall_at_10": 0.14, "map_at_10": 0.06}},
     "trials": {"complete": 40, "pruned": 20, "fail": 0},
     "plots_skipped": {"importance": "needs two complete trials"},
     "registered": "models:/mf-movielens/3", "alias": "champion", "alias_uri": "models:/mf-movielens@champion",
@@ -81,8 +82,10 @@ def test_the_summary_table_and_where_to_look(capsys):
     assert "study ml-100k-default: trials 40 complete, 20 pruned\n" in out  # zero counts left out
     assert "best trial 7: valid RMSE 0.9123 at epoch 12\n" in out
     assert "  optimizer=sparse_sgd, factors=64, lr=0.01235\n" in out  # None values left out
-    assert f"{'best (refit on train+valid)':<34}{0.8749:>10.4f}{0.6871:>10.4f}" in out
-    assert f"{'reference: d2l config':<34}{0.911:>10.4f}{0.72:>10.4f}" in out
+    assert f"{'model':<34} test RMSE  test MAE   NDCG@10 Recall@10    MAP@10\n" in out
+    assert f"{'best (refit on train+valid)':<34}    0.8749    0.6871    0.0500    0.0600    0.0200\n" in out
+    assert f"{'reference: d2l config':<34}    0.9110    0.7200         -         -         -\n" in out
+    assert f"{'reference: popularity':<34}         -         -    0.1200    0.1400    0.0600\n" in out
     assert "registered models:/mf-movielens/3 as champion: load it with models:/mf-movielens@champion" in out
     assert "plot importance skipped: needs two complete trials" in out
     assert out.rstrip().endswith("compare the trials, best first: mlflow ui, then open "

@@ -74,6 +74,10 @@ def test_the_parent_run_carries_the_study(done):
                 "reference.global_mean_test_rmse", "reference.biases_only_test_rmse"):
         assert np.isfinite(metrics[key])
     assert metrics["test_rmse"] < metrics["reference.global_mean_test_rmse"]
+    for metric in ("ndcg_at_10", "recall_at_10", "map_at_10"):  # the champion's and both baselines' lists
+        for key in (metric, f"reference.biases_only_{metric}", f"reference.popularity_{metric}"):
+            assert 0 <= metrics[key] <= 1, key
+    assert metrics["reference.popularity_ndcg_at_10"] > 0
     contexts = {i.tags[0].value for i in parent.inputs.dataset_inputs}
     assert contexts == {"train", "valid", "test"}
     assert all(i.dataset.digest for i in parent.inputs.dataset_inputs)

@@ -13,7 +13,8 @@ import torch
 from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
-from pipeline.evaluate import Metrics, baselines, evaluate
+from pipeline.evaluate import Metrics, baselines, biases_only, evaluate
+from pipeline.ranking import popularity_model, ranking_metrics
 from pipeline.split import Split
 from pipeline.tracking import Tracker
 from pipeline.training import TrainConfig, refit
@@ -26,20 +27,20 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     """Refit, test, log and register the best trial; returns the summary (JSON-ready).
     reference: also refit the d2l configuration (trial 0) and report its test scores."""
     best = study.best_trial
-    model, test, references = _score(study, data, device, seed, reference)
+    model, test, ranks, references = _score(study, data, device, seed, reference)
     figures, skipped = _log_figures(study, tracker)
     tracker.log_text(_trials_csv(study), "trials.csv")
     tracker.log_parent(
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
-        metrics={"study_best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae,
-                 **{f"reference.{k}_test_{m}": v[f"test_{m}"] for k, v in references.items() for m in ("rmse", "mae")}},
+        metrics={"study_best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae, **ranks,
+                 **{f"reference.{k}_{m}": v for k, scores in references.items() for m, v in scores.items()}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
     uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as, key)
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
-        "test_rmse": test.rmse, "test_mae": test.mae, "reference": references,
+        "test_rmse": test.rmse, "test_mae": test.mae, **ranks, "reference": references,
         "trials": {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState},
         "plots": figures, "plots_skipped": skipped, "model_uri": uri,
         "registered": f"models:/{register_as}/{version}" if version else None, "alias": alias,
@@ -69,14 +70,19 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
                        **data.dims)
         return result.model, evaluate(result.model, test_on_device)
 
+    def ranked(model) -> dict:
+        return ranking_metrics(model, fit_rows, test_rows)
+
     best = study.best_trial
     model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"])
     scores = {k: _scores(m) for k, m in baselines(fit_rows, test_rows, **data.dims).items()}
+    scores["biases_only"].update(ranked(biases_only(fit_rows, **data.dims)))
+    scores["popularity"] = ranked(popularity_model(fit_rows, **data.dims))  # ranks only: no ratings
     if reference:
         d2l = next((t for t in study.trials if t.user_attrs.get("reference") == "d2l"), None)
         epochs = d2l.user_attrs.get("best_epoch", 20) if d2l else 20
         scores = {"d2l_config": _scores(refit_and_test(TrainConfig().to_dict(), epochs)[1]), **scores}
-    return model, test, scores
+    return model, test, ranked(model), scores
 
 
 def _scores(m: Metrics) -> dict:

@@ -58,17 +58,22 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+# The summary's columns: the test scores of the champion and of each reference (items rated >= 4 relevant).
+_COLUMNS = {"test_rmse": "test RMSE", "test_mae": "test MAE", "ndcg_at_10": "NDCG@10", "recall_at_10": "Recall@10",
+            "map_at_10": "MAP@10"}
+
+
 def print_summary(s: dict, tracking_uri: str) -> None:
     """The study's outcome (see `finish.finish` for the keys) and how to look at it."""
-    rows = [("best (refit on train+valid)", s["test_rmse"], s["test_mae"])]
-    rows += [(f"reference: {k.replace('_', ' ')}", v["test_rmse"], v["test_mae"]) for k, v in s["reference"].items()]
+    rows = [("best (refit on train+valid)", s)]
+    rows += [(f"reference: {k.replace('_', ' ')}", v) for k, v in s["reference"].items()]
     print(f"\nstudy {s['study']}: trials {', '.join(f'{n} {k}' for k, n in s['trials'].items() if n)}")
     print(f"best trial {s['best_trial']}: valid RMSE {s['best_valid_rmse']:.4f} at epoch {s['best_epoch']}")
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in s["best_params"].items() if v is not None))
-    print(f"\n{'model':<34}{'test RMSE':>10}{'test MAE':>10}")
-    for name, rmse, mae in rows:
-        print(f"{name:<34}{rmse:>10.4f}{mae:>10.4f}")
+    print(f"\n{'model':<34}" + "".join(f"{title:>10}" for title in _COLUMNS.values()))
+    for name, scores in rows:  # a metric a model has no value for (popularity has no ratings): "-"
+        print(f"{name:<34}" + "".join(f"{scores[key]:>10.4f}" if key in scores else f"{'-':>10}" for key in _COLUMNS))
     print(f"\nregistered {s['registered']} as {s['alias']}: load it with {s['alias_uri']}")
     for name, why in s["plots_skipped"].items():
         print(f"plot {name} skipped: {why}")
