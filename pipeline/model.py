@@ -190,8 +190,8 @@ class FeatureScorer(RawIdScorer):
         super().__init__(model, user_ids, item_ids)
         for side in SIDES:
             table, starts = model.feature_tables(side)
-            if not len(starts):
-                table, starts = table.new_zeros(1, table.shape[1]), starts.new_zeros(1)
+            table = table if len(table) else table.new_zeros(1, table.shape[1])  # never indexed by real values
+            starts = starts if len(starts) else starts.new_zeros(1)
             self.register_buffer(f"{side}_table", table.contiguous())
             self.register_buffer(f"{side}_starts", starts.contiguous())
 
