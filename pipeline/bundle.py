@@ -99,13 +99,17 @@ def _groups(model: MatrixFactorization, features: dict) -> dict[str, list[dict]]
 def _feature_columns(groups: dict[str, list[dict]]) -> dict[str, str]:
     """The metadata's documentation of the optional feature columns: {"user.age": what it takes}."""
     def takes(group: dict) -> str:
-        labels = group["vocabulary"][:20] + (["..."] if len(group["vocabulary"]) > 20 else [])
-        what = {"numeric": "a number, bucketed into", "categorical": "one label of",
-                "multi": "labels separated by '|', of"}[group["kind"]]
-        cut = f" (its first {group['prefix']} characters)" if group["prefix"] else ""
-        return f"optional, {group['kind']}: {what}{cut} {', '.join(labels)}"
+        labels = ", ".join(group["vocabulary"][:20]) + (", ..." if len(group["vocabulary"]) > 20 else "")
+        if group["kind"] == "numeric":
+            return f"a number, bucketed into {labels}"
+        what = "labels joined by '|', each " if group["kind"] == "multi" else ""
+        cut = f"text whose first {group['prefix']} character(s) are " if group["prefix"] else ""
+        return f"{what}{cut}one of {labels} (others: no value)"
 
-    return {f"{side}.{g['name']}": takes(g) for side, side_groups in groups.items() for g in side_groups}
+    columns = {f"{side}.{g['name']}": f"optional, {g['kind']}: {takes(g)}" for side, side_groups in groups.items()
+               for g in side_groups}
+    return {"use": "an id unseen in training is scored from these values; a known id keeps its learned row",
+            **columns}
 
 
 def _kind(ids: np.ndarray) -> str:

@@ -131,6 +131,11 @@ def test_new_ids_score_from_their_features_as_the_model_tables_say(models, name)
     np.testing.assert_allclose(np.asarray(bundle.model.predict(frame)), expected, atol=1e-5)
     np.testing.assert_allclose(bundle.score(frame.user_id, frame.item_id), plain, atol=1e-5)
     assert sorted(bundle.features) == ["item", "user"] and bundle.features["user"][2]["prefix"] == 1
+    from mlflow.models import Model
+
+    documented = Model.load(folder / "MLmodel").metadata["feature_columns"]  # the columns, where users look
+    assert sorted(documented) == ["item.genre", "item.year", "use", "user.age", "user.gender", "user.zip"]
+    assert documented["user.zip"].startswith("optional, categorical: text whose first 1 character(s) are one of 0")
 
 
 def test_a_new_users_row_is_the_fallback_plus_the_trainers_feature_fold(models):
