@@ -4,9 +4,11 @@ into its side's rows, U = P + A·Y + Σ_g S_g·W_g, so the exported scorer is un
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.features import SideFeatures
 from pipeline.ratings import canonical
+from pipeline.space import SEARCH_SPACES
 from pipeline.split import split
 from pipeline.training import TrainConfig, fit, fit_stack
 
@@ -72,3 +74,18 @@ def test_a_study_made_without_the_features_refuses_them(grouped):
     with pytest.raises(SearchError, match="'s' was created for another set of side features"):
         open_study(storage, "s", space, grouped, seed=0)
     open_study(storage, "s", space, plain, seed=0)  # the same data resumes it
+
+
+def test_a_space_that_can_choose_features_the_data_lacks_is_refused_before_any_work(tmp_path, capsys):
+    from conftest import Workspace
+
+    from pipeline import search
+
+    ws = Workspace(tmp_path)
+    raw = yaml.safe_load((SEARCH_SPACES / "quick.yaml").read_text())
+    raw["params"]["features"] = {"type": "categorical", "choices": ["none", "user"]}
+    space = tmp_path / "featured.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    assert search.main(ws.argv(config=space)) == 2
+    assert "params.features: the space can choose 'user', but" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.journal").exists()

@@ -89,6 +89,7 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
     data = split(ratings, s.strategy, test=s.test, valid=s.valid, k=s.k, seed=s.seed, cold=s.cold)
     cap = Cap(options.n_trials or space.trials)
     _check_memory(space, data, device, min(_stack(options, space, device), cap.n))  # never more than the cap trains
+    _check_features(space, data)
     name = _study_name(options, ratings, space)
     storage = database or _existing_journal(options)
     _check_recorded(storage, name, options)
@@ -145,6 +146,17 @@ def _record(study: optuna.Study, options: SearchOptions) -> None:
     for key, (_, field) in _RECORDED.items():
         if key not in attrs:
             study.set_user_attr(key, getattr(options, field))
+
+
+def _check_features(space: SearchSpace, data: Split) -> None:
+    """Refuse a space that can choose side features the data does not have, before any work."""
+    have = {side for side, blocks in data.features.items() if blocks}
+    for config in space_corners(space):
+        missing = [side for side in ("user", "item") if config.features in (side, "both") and side not in have]
+        if missing:
+            raise SearchError(
+                f"params.features: the space can choose {config.features!r}, but {data.ratings.name} has no "
+                f"{' or '.join(missing)} features: pass --{missing[0]}-features FILE, or remove that choice")
 
 
 def _check_memory(space: SearchSpace, data: Split, device: torch.device, stack: int) -> None:
