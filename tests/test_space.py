@@ -145,3 +145,25 @@ def test_stack_is_how_trials_run_not_what_is_searched(tmp_path):
     assert stacked.stack == 4 and stacked.digest() == plain.digest()  # a study resumes with either
     with pytest.raises(SpaceError, match="stack"):
         load_space(_write(tmp_path, {**BASE, "stack": 0}, "c.yaml"))
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_search_spaces(tmp_path):
+    """Built from the repo, the wheel holds every space under the package, where a bare name finds it."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(repo)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("pipeline-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"pipeline/search_spaces/{p.name}" for p in SEARCH_SPACES.glob("*.yaml")}
+    assert {"pipeline/search_spaces/quick.yaml", "pipeline/search_spaces/mf.yaml"} <= shipped <= names
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)  # the installed layout, away from the checkout
+    found = subprocess.run([sys.executable, "-c", "from pipeline.space import space_file; print(space_file('quick'))"],
+                           cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": ""}, capture_output=True, text=True)
+    assert found.stdout.strip() == str(unpacked / "pipeline" / "search_spaces" / "quick.yaml"), found.stderr

@@ -142,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     d = SearchOptions()
     p = argparse.ArgumentParser(prog="python -m pipeline.search",
                                 description="An Optuna study of MF models, tracked in MLflow, the best registered.")
-    p.add_argument("--config", help="search-space YAML, or the name of one in search_spaces/ "
+    p.add_argument("--config", help="search-space YAML, or the name of one in pipeline/search_spaces/ "
                                     "(default: mf, or mf-cuda on a GPU)")
     p.add_argument("--dataset", help="override the space's dataset (MovieLens name, synthetic, or a file)")
     p.add_argument("--n-trials", type=int, help="study-wide cap on finished trials (default: the space's)")

@@ -14,11 +14,11 @@ from pipeline.space.translate import space_corners
 
 __all__ = ["SEARCH_SPACES", "load_space", "space_file"]
 
-SEARCH_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"  # in the package: the wheel has them
 
 
 def space_file(path: str | Path) -> Path:
-    """A search-space path as given, or for a bare name (`quick`) `search_spaces/quick.yaml`."""
+    """A search-space path as given, or for a bare name (`quick`) `pipeline/search_spaces/quick.yaml`."""
     path = Path(path)
     return path if path.suffix or path.exists() else SEARCH_SPACES / f"{path}.yaml"
 
