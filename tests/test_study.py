@@ -2,6 +2,7 @@
 their holder dies, and nothing left in the storage but the user's study."""
 
 import threading
+from types import SimpleNamespace
 import time
 
 import optuna
@@ -203,3 +204,14 @@ def test_orphan_runs_are_closed_and_a_run_of_a_trial_not_yet_seen_is_left_alone(
 
     runs = Runs()
     assert close_orphan_runs(shared.study, runs) == 1 and runs.failed == ["run-0"]  # 1 runs, 2 is unknown yet
+
+
+def test_a_new_study_names_its_objective():
+    from pipeline.search.study import open_study
+    from pipeline.space import load_space
+
+    data = SimpleNamespace(fingerprint="f" * 64, features_digest="none")
+    storage = optuna.storages.InMemoryStorage()
+    study = open_study(storage, "named", load_space("quick"), data, seed=0).study
+    assert study.metric_names == ["valid_rmse"]
+    assert "value_valid_rmse" in study.trials_dataframe().columns

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,9 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
             study.enqueue_trial({}, user_attrs={"reference": "d2l"})
         for key, value in expected.items():
             study.set_user_attr(key, value)
+        with warnings.catch_warnings():  # experimental in Optuna: names the objective in dashboards, dataframes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["valid_rmse"])
 
     # Once, however many workers start together; when done, this only sweeps a killed holder's marker.
     shared.once("init", init, lambda: study.user_attrs.get("split_fingerprint"))
