@@ -22,6 +22,7 @@ schema would be cast or refused by MLflow as the ids would: see above).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import tempfile
@@ -135,7 +136,7 @@ def _export_scorers(folder: Path, model: MatrixFactorization, ids: dict[str, np.
     codes = np.stack([example[c].to_numpy(np.int64) if _kind(v) == "integer"
                       else pd.Index(v).get_indexer(example[c].astype(str)) for c, v in ids.items()], 1)
     pairs = torch.from_numpy(codes.astype(np.int64))
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval().requires_grad_(False)  # a loaded scorer builds no autograd graph
     _export(RawIdScorer(model, keys["user_id"], keys["item_id"]), (pairs,), folder / "scorer" / "model.pt2")
     if features:
         entries = torch.tensor([[0, 0, 0], [len(pairs) - 1, 0, 0]])  # any two valid rows: the shapes vary
