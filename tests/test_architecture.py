@@ -40,3 +40,27 @@ def test_the_package_map_names_every_module():
 def test_the_map_parser_reads_folders_and_continuations():
     text = "## The package map\n```\npipeline/\n  a.py   x\n                 b.py is prose\n  sub/\n    c.py, d.py  y\n  e.py\n```"
     assert mapped(text) == {"a.py", "sub/c.py", "sub/d.py", "e.py"}
+
+
+def test_every_library_the_package_imports_is_a_declared_dependency():
+    """An import of a library that pyproject.toml does not declare works here by chance (another
+    package pulled it in) and breaks a clean install."""
+    import ast
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    declared = {re.split(r"[<>=!~ \[;]", spec, 1)[0].lower().replace("_", "-")
+                for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported = set()
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    libraries = imported - set(sys.stdlib_module_names) - {"pipeline", "__future__"}
+    owners = importlib.metadata.packages_distributions()
+    undeclared = {name: owners.get(name) for name in libraries
+                  if not {d.lower().replace("_", "-") for d in owners.get(name, [name])} & declared}
+    assert undeclared == {}
