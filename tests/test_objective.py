@@ -15,7 +15,7 @@ from pipeline.search.objective import Objective, OverCap, ending
 from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.tracking import TrackingError
-from pipeline.training import TrainingDiverged
+from pipeline.training import TrainConfig, TrainingDiverged
 
 PARAMS = {"optimizer": "sparse_sgd", "factors": 8, "lr.sparse_sgd": 0.02, "l2": 0.05, "batch_size": 256}
 
@@ -190,3 +190,12 @@ def test_a_first_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
         with pytest.raises(KeyboardInterrupt):  # outside the loop it raises at once
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
+
+
+def test_a_trial_logs_only_the_settings_its_family_trains_with():
+    bayes = TrainConfig(family="bayes", factors=12, epochs=30, burn_in=5, implicit="both").used()
+    assert set(bayes) == {"family", "implicit", "features", "burn_in", "factors", "epochs", "init_std"}
+    adam = TrainConfig(l2=0.05).used()
+    assert "burn_in" not in adam and "momentum" not in adam and "patience" not in adam
+    assert adam["optimizer"] == "adam" and adam["l2_bias"] == 0.05  # resolved: None means "as l2"
+    assert TrainConfig(optimizer="sgd", lr=0.1).used()["momentum"] == 0.9

@@ -131,10 +131,7 @@ class Objective:
         trial.set_user_attr("config", config.to_dict())
         if self.tracker is None:
             return config, NO_RUN
-        # As trained: l2_bias resolved, no 'None' cells (patience off is no patience column).
-        params = {k: v for k, v in config.to_dict().items() if v is not None}
-        params["l2_bias"] = config.l2_biases
-        params["trial_number"] = trial.number
+        params = {**config.used(), "trial_number": trial.number}  # what its family trains with, as trained
         run = self.tracker.start_trial(trial.number, params, self.study_name)
         try:
             trial.set_user_attr("mlflow_run_id", run.run_id)

@@ -21,6 +21,10 @@ FAMILIES = ("mf", "bayes")
 IMPLICIT = ("none", "user", "item", "both")
 
 
+# What only the mf family trains with (the Gibbs sampler has priors, not an optimizer).
+_MF_ONLY = ("optimizer", "lr", "weight_decay", "l2", "l2_bias", "lr_decay", "momentum", "batch_size")
+
+
 class TrainConfig(BaseModel):
     """One model's hyperparameters. Defaults: the d2l tutorial's configuration (the seed)."""
 
@@ -111,6 +115,18 @@ class TrainConfig(BaseModel):
     def replace(self, **changes) -> TrainConfig:
         """A new config with `changes`, checked like any other."""
         return TrainConfig(**{**self.model_dump(), **changes})
+
+    def used(self) -> dict:
+        """The settings this config's family trains with, as trained (l2_bias resolved; patience
+        off is no entry): a bayes model has no optimizer, lr or batch size, mf no burn-in, and
+        momentum is sgd's alone."""
+        unused = {"bayes": _MF_ONLY, "mf": ("burn_in",)}[self.family]
+        if self.optimizer != "sgd" or self.family == "bayes":
+            unused += ("momentum",)
+        values = {k: v for k, v in self.to_dict().items() if k not in unused and v is not None}
+        if self.family == "mf":
+            values["l2_bias"] = self.l2_biases
+        return values
 
     @property
     def l2_biases(self) -> float:
