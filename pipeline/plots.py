@@ -61,7 +61,9 @@ def _learning_curves(study: optuna.Study, best_n: int) -> plt.Figure:
         steps = sorted(t.intermediate_values)
         ax.plot(steps, [t.intermediate_values[s] for s in steps], linewidth=1.8,
                 label=f"trial {t.number}: {t.value:.4f}")
-    ax.set_xlabel("epoch")
+    families = {t.user_attrs.get("config", {}).get("family", "mf") for t in ranked}
+    ax.set_xlabel({frozenset({"mf"}): "epoch", frozenset({"bayes"}): "Gibbs sweep"}.get(
+        frozenset(families), "epoch (mf) or Gibbs sweep (bayes)"))
     ax.set_ylabel("valid RMSE")
     ax.set_title(f"Learning curves, {study.study_name}")
     if ranked:

@@ -100,3 +100,18 @@ def test_the_summary_says_how_to_open_the_comparison_for_the_store_used(capsys, 
     print_summary(SUMMARY, uri)
     out = capsys.readouterr().out
     assert how in out and "secret" not in out
+
+
+@pytest.mark.parametrize("families,label", [
+    (["mf"], "epoch"), (["bayes"], "Gibbs sweep"), (["mf", "bayes"], "epoch (mf) or Gibbs sweep (bayes)")])
+def test_the_learning_curves_axis_says_epoch_or_sweep(families, label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pipeline.plots import _learning_curves
+
+    study = optuna.create_study()
+    for n, family in enumerate(families):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9 + n / 100, params={}, distributions={},
+                                     intermediate_values={1: 1.0, 2: 0.9}, user_attrs={"config": {"family": family}}))
+    assert _learning_curves(study, best_n=1).axes[0].get_xlabel() == label
