@@ -115,3 +115,16 @@ def test_the_learning_curves_axis_says_epoch_or_sweep(families, label):
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9 + n / 100, params={}, distributions={},
                                      intermediate_values={1: 1.0, 2: 0.9}, user_attrs={"config": {"family": family}}))
     assert _learning_curves(study, best_n=1).axes[0].get_xlabel() == label
+
+
+def test_a_resumed_study_says_so():
+    from pipeline.search.report import resume_line
+
+    assert resume_line([], 4) is None
+    fresh = optuna.create_study()
+    fresh.enqueue_trial({})  # a new study's trial 0, queued
+    assert resume_line(fresh.trials, 4) is None
+    trials = _study((TrialState.COMPLETE, 0.9, {}), (TrialState.PRUNED, None, {}),
+                    (TrialState.FAIL, None, {"interrupted": True}), (TrialState.FAIL, None, {})).trials
+    assert resume_line(trials, 4) == "resuming: 2 of 4 trials complete (1 interrupted: run again first)"
+    assert resume_line(trials[:2], 4) == "resuming: 2 of 4 trials complete"

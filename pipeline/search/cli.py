@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from pipeline.search.interrupt import catching_sigint, received
 from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchOptions
-from pipeline.search.report import print_summary, start_line
+from pipeline.search.report import print_summary, resume_line, start_line
 from pipeline.search.session import USER_ERRORS, Session, prepare
 from pipeline.search.recovery import close_orphan_runs, retry_lost_trials
 from pipeline.search.study import attach_parent
@@ -44,6 +44,8 @@ def _main(argv: list[str] | None) -> int:
     if not options.quiet:
         print(start_line(session.shared.name, session.ratings, session.data, session.device, session.cap.n,
                          options.workers, session.tracker.tracking_uri), file=sys.stderr)
+        if line := resume_line(session.study.get_trials(deepcopy=False), session.cap.n):
+            print(line, file=sys.stderr)
     status, code = "FAILED", 1
     try:
         if created:

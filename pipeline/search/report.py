@@ -10,12 +10,25 @@ from optuna.trial import TrialState
 
 from pipeline.urls import masked
 
-__all__ = ["Progress", "print_summary", "start_line"]
+__all__ = ["Progress", "print_summary", "resume_line", "start_line"]
 
 
 def start_line(study_name: str, ratings, data, device, cap: int, workers: int, tracking_uri: str) -> str:
     return (f"study {study_name}: {ratings.describe()}, split {data.summary()}, "
             f"device {device}, cap {cap} trials, {workers} worker(s); MLflow {masked(tracking_uri)}")
+
+
+def resume_line(trials: list, cap: int) -> str | None:
+    """"resuming: 3 of 4 trials complete (1 interrupted, run again)" for a study under way; None
+    for a new one (nothing ended yet: its queued trial 0 is not a start)."""
+    if not any(t.state.is_finished() for t in trials):
+        return None
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    again = sum(bool(t.user_attrs.get("interrupted")) for t in trials if t.state.name == "FAIL")
+    line = f"resuming: {done} of {cap} trials complete"
+    if again:
+        line += f" ({again} interrupted: run again first)"
+    return line
 
 
 class Progress:
