@@ -107,8 +107,10 @@ class Registry:
             # The source as stored, not `models:/<id>`: MLflow's store resolves that through the
             # process-wide tracking URI (a TODO of its own), which this client need not share.
             model = self.client.get_logged_model(model_uri.removeprefix("models:/"))
+            # What the registry's page shows first: the test score that chose the alias.
+            description = f"test RMSE {test_rmse:.4f} on split {split_fingerprint[:12]} (refit on train+valid)"
             return self.client.create_model_version(name, source=model.artifact_location, run_id=self.run_id,
-                                                    model_id=model.model_id, tags=tags)
+                                                    model_id=model.model_id, tags=tags, description=description)
         except Exception:
             if created:  # no empty registered model left behind (a rerun would find it and fail the same way)
                 self._delete_if_empty(name)

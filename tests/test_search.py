@@ -92,6 +92,8 @@ def _pairs(ws):
 def test_registered_champion_loads_by_name_without_pickle_from_elsewhere(done, tmp_path):
     version = done.client.get_model_version_by_alias("mf-movielens", "champion")
     assert str(version.version) == "1"
+    test_rmse = done.parents()[0].data.metrics["test_rmse"]
+    assert version.description.startswith(f"test RMSE {test_rmse:.4f} on split ")  # the registry page says it
     pairs = _pairs(done)
     script = f"""
 import json, mlflow, torch, pandas as pd, numpy as np
