@@ -10,7 +10,9 @@ import torch
 from pipeline.evaluate import evaluate
 from pipeline.model import RawIdScorer
 from pipeline.training import IMPLICIT, TrainConfig, fit, refit
+from pipeline.training import block_draw
 from pipeline.training import gibbs as bayes
+from pipeline.training.blocks import Side
 
 
 def _config(**changes):
@@ -33,6 +35,78 @@ def test_the_hyperparameters_follow_the_rows():
     mean, lam = bayes._hyper(x, g)
     np.testing.assert_allclose(mean, [1.0, 0.0, -1.0], atol=0.1)
     np.testing.assert_allclose(lam, [4.0, 1.0, 0.25], rtol=0.1)
+
+
+def _fold(users: int, items: int, density: float, seed: int) -> Side:
+    """A user Side (implicit fold A[u, j] = |N(u)|^-1/2) over a random pattern; width 4 (d = 3)."""
+    g = torch.Generator().manual_seed(seed)
+    rated = torch.rand(users, items, generator=g) < density
+    rated[torch.arange(users), torch.randint(items, (users,), generator=g)] = True  # every user rates
+    own, other = rated.nonzero(as_tuple=True)
+    return Side(own, other, users, items, 3, 4)
+
+
+def _dense(side: Side, S: torch.Tensor, lam: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The block's precision H = Λ ⊗ I + α Σ_u a_u a_uᵀ ⊗ S_u, (cols d, cols d), rows of W flattened."""
+    A = side.A.to_dense().double()
+    H = torch.kron(torch.eye(side.other_rows, dtype=torch.float64), torch.diag(lam.double()))
+    for u in range(side.rows):
+        H += alpha * torch.kron(A[u, :, None] * A[u, None, :], S[u].double())
+    return H
+
+
+def _observations(side: Side) -> torch.Tensor:
+    return torch.bincount(side.own, minlength=side.rows)
+
+
+def test_the_fold_basis_holds_the_count_weighted_grams_top_eigenpairs():
+    side = _fold(60, 40, 0.2, seed=0)
+    A, n = side.A.to_dense().double(), _observations(side).double()
+    exact = torch.linalg.eigvalsh(A.T @ (n[:, None] * A))
+    full = block_draw.FoldBasis(side, _observations(side), torch.Generator().manual_seed(0), cap=100)
+    np.testing.assert_allclose(full.s, exact, rtol=1e-4, atol=1e-3)  # every eigenvalue: Q spans it all
+    np.testing.assert_allclose(full.Q.T @ full.Q, torch.eye(40), atol=1e-5)
+    top = block_draw.FoldBasis(side, _observations(side), torch.Generator().manual_seed(0), cap=4)
+    assert top.Q.shape == (40, 4) and full.observations == top.observations == n.sum().item()
+    np.testing.assert_allclose(top.s[-1], exact[-1], rtol=1e-4)
+
+
+def test_the_preconditioner_inverts_the_kronecker_approximation_exactly_where_it_holds():
+    """Every row's scatter S_u = n_u T and a basis spanning G: then M = H, and one CG step solves."""
+    side, g = _fold(12, 7, 0.5, seed=1), torch.Generator().manual_seed(1)
+    n = _observations(side)
+    basis = block_draw.FoldBasis(side, n, g, cap=100)
+    T = torch.tensor([[1.0, 0.3, 0.1], [0.3, 0.8, 0.0], [0.1, 0.0, 0.5]])
+    S, lam, alpha = n[:, None, None] * T, torch.tensor([2.0, 5.0, 9.0]), 1.7
+    H = _dense(side, S, lam, alpha)
+    r = torch.randn(7, 3, generator=g)
+    precondition = basis.preconditioner(lam, torch.tensor(alpha), S.sum(0) / basis.observations,
+                                        torch.ones(7, 3))  # no complement here: D is never used
+    expected = torch.linalg.solve(H, r.double().reshape(-1)).reshape(7, 3)
+    np.testing.assert_allclose(precondition(r), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_converged_block_draw_has_the_conditional_mean_and_covariance(monkeypatch):
+    monkeypatch.setattr(block_draw, "_CG_ITERATIONS", 20)  # 21 unknowns: CG is exact by then
+    side, g = _fold(9, 7, 0.4, seed=2), torch.Generator().manual_seed(2)
+    X = torch.randn(9, 5, 3, generator=g)
+    S = X.mT @ X  # any positive semidefinite scatter per row
+    L = torch.linalg.cholesky(S + 1e-6 * torch.eye(3))
+    t, alpha = torch.randn(9, 3, generator=g), 1.3
+    mean, lam = torch.tensor([0.5, 0.0, -0.5]), torch.tensor([2.0, 1.0, 4.0])
+    basis = block_draw.FoldBasis(side, _observations(side), g, cap=3)  # partial: the complement is used
+    draws = []
+    for _ in range(800):
+        noise = (L @ torch.randn(9, 3, 1, generator=g)).squeeze(2)  # the caller's data noise, covariance S_u
+        residual = alpha * t + alpha**0.5 * noise
+        draws.append(block_draw.draw_block(torch.zeros(7, 3), side, S, residual, torch.tensor(alpha),
+                                           (mean, lam), basis, g).reshape(-1))
+    draws = torch.stack(draws).double()
+    H = _dense(side, S, lam, alpha)
+    covariance = torch.linalg.inv(H)
+    expected = covariance @ (lam * mean + alpha * side.unfold(t)).double().reshape(-1)
+    np.testing.assert_allclose(draws.mean(0), expected, atol=4 * covariance.diagonal().max().sqrt() / 800**0.5)
+    np.testing.assert_allclose(torch.cov(draws.T), covariance, atol=0.12 * covariance.diagonal().max())
 
 
 @pytest.mark.parametrize("implicit", IMPLICIT)

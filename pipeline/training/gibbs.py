@@ -11,9 +11,9 @@ MCMC; Rendle 2012), the noise precision a Gamma prior.
 One sweep, per side (users, then items), given the other side's totals:
 - own rows: each row's conditional is Gaussian with a (d, d) precision: one batched Cholesky;
 - the implicit block: its rows share observations, so the block is drawn jointly by
-  perturbation-optimisation (Papandreou & Yuille 2010): perturb the prior mean and the targets by
-  their own noise and solve the normal equations with Jacobi-preconditioned CG, whose exact
-  solution is an exact draw (a few warm-started iterations per sweep: close to it).
+  perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
+  noise and solve the normal equations by CG (preconditioned with the fold's top eigenvectors,
+  found once per fit), whose exact solution is an exact draw.
 All of it is gathers, `index_add_` and batched linear algebra: the same code on a CPU and a GPU.
 
 The prediction is the posterior mean over the kept samples (after burn-in). It collapses exactly
@@ -29,11 +29,11 @@ import torch
 from pipeline.evaluate import clamped_error
 from pipeline.model import ITEM_BIAS, ITEM_ONE, USER_BIAS, USER_ONE, MatrixFactorization
 from pipeline.split import Interactions
+from pipeline.training.block_draw import FoldBasis, draw_block
 from pipeline.training.blocks import Side
 
 __all__ = ["GibbsEngine", "export"]
 
-_CG_ITERATIONS = 6  # warm-started from the previous sample: enough for the draw to settle
 # Normal-Gamma hyperprior: λ ~ Gamma(a0, b0), μ | λ ~ N(0, 1 / (κ0 λ)); noise α ~ Gamma(a0, b0).
 _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
 
@@ -57,6 +57,12 @@ class _Sampler:
         self.Z = torch.zeros(n_users + 1, width, device=device) if implicit in ("item", "both") else None
         self._constants()
         self.alpha = torch.ones((), device=device)
+        # The block draws' preconditioner bases, once per fit (drawn from the generator first).
+        self.user_basis = self._basis(self.user) if self.Y is not None else None
+        self.item_basis = self._basis(self.item) if self.Z is not None else None
+
+    def _basis(self, side: Side) -> FoldBasis:
+        return FoldBasis(side, torch.bincount(side.own, minlength=side.rows), self.g)
 
     def _constants(self) -> None:
         """The constant columns (and rows without data: fallback rows) back to [0…, 0, 1] / [0…, 1, 0]."""
@@ -77,16 +83,16 @@ class _Sampler:
     def sweep(self) -> float:
         """One Gibbs sweep; returns the train MSE of the new sample."""
         _, V = self.totals()
-        self._side_step(self.P, self.Y, self.user, V)
+        self._side_step(self.P, self.Y, self.user, V, self.user_basis)
         U, _ = self.totals()
-        self._side_step(self.Q, self.Z, self.item, U)
+        self._side_step(self.Q, self.Z, self.item, U, self.item_basis)
         U, V = self.totals()
         err = self.target - (U[self.user.own] * V[self.user.other]).sum(1)
         sse = err.double().square().sum()
         self.alpha = _gamma(_A0 + len(err) / 2, _B0 + sse / 2, self.g).float()
         return sse / len(err)
 
-    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor) -> None:
+    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor, basis) -> None:
         X = other_total[:, side.learned]  # (other_rows, d): the other side's learned columns
         d = X.shape[1]
         # Per own row: S = Σ X_j X_jᵀ and t = Σ (r − μ − the other side's bias) X_j over its rows.
@@ -101,7 +107,9 @@ class _Sampler:
             # Σ X_j ε_j over each own row's observations: the targets' noise, for the joint draw.
             noise = side.matrix(torch.randn(len(side.own), generator=self.g, device=X.device)) @ X
             residual = self.alpha * (t - (S @ own[:, side.learned, None]).squeeze(2)) + self.alpha.sqrt() * noise
-            block[:, side.learned] = _implicit_draw(block[:, side.learned], side, S, residual, self.alpha, self.g)
+            prior = _hyper(block[side.other_has_data][:, side.learned], self.g)
+            block[:, side.learned] = draw_block(block[:, side.learned], side, S, residual, self.alpha, prior,
+                                                basis, self.g)
         self._constants()
 
 
@@ -131,36 +139,6 @@ def _gaussian(precision: torch.Tensor, rhs: torch.Tensor, generator) -> torch.Te
     eps = torch.randn(rhs.shape + (1,), generator=generator, device=rhs.device)
     noise = torch.linalg.solve_triangular(L.mT, eps, upper=True)  # covariance (L Lᵀ)⁻¹
     return (mean + noise).squeeze(2)
-
-
-def _implicit_draw(W: torch.Tensor, side: Side, S: torch.Tensor, residual: torch.Tensor, alpha, generator):
-    """A draw of the implicit block W (other_rows, d) given everything else, by perturbation-
-    optimisation: solve (Λ + α AᵀSA) W = Λμ + Λ^½ε + Aᵀ·residual (residual already perturbed)
-    with Jacobi-preconditioned CG, warm-started from the current W."""
-    mean, lam = _hyper(W[side.other_has_data], generator)
-    eps = torch.randn(W.shape, generator=generator, device=W.device)
-    b = lam * mean + lam.sqrt() * eps + side.unfold(residual)
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return lam * x + alpha * side.unfold((S @ side.fold(x)[:, :, None]).squeeze(2))
-
-    # Jacobi preconditioner: the diagonal of Λ + α AᵀSA (the (d, d) blocks cost d times more to build
-    # and factor, for no fewer iterations that pay at this warm start).
-    diagonal = lam + alpha * (side.A2t @ torch.diagonal(S, dim1=1, dim2=2))
-    precondition = lambda r: r / diagonal  # noqa: E731
-    x = W.clone()
-    r = b - apply(x)
-    z = precondition(r)
-    p, rz = z, (r * z).sum()
-    for _ in range(_CG_ITERATIONS):  # fixed count: no host sync
-        Hp = apply(p)
-        step = rz / (p * Hp).sum().clamp_min(1e-30)
-        x = x + step * p
-        r = r - step * Hp
-        z = precondition(r)
-        rz_new = (r * z).sum()
-        p, rz = z + (rz_new / rz.clamp_min(1e-30)) * p, rz_new
-    return x
 
 
 class GibbsEngine:
