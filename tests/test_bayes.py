@@ -129,6 +129,19 @@ def test_the_noise_precision_is_estimated():
     assert sampler.alpha.item() ** -0.5 == pytest.approx(0.5, rel=0.15)
 
 
+@pytest.mark.parametrize("implicit", IMPLICIT)
+def test_a_sweeps_train_mse_is_the_samples_own(small_split, implicit):
+    """The sweep sums the squared errors from the item step's S and t, without per-row gathers."""
+    data = small_split
+    sampler = bayes._Sampler(data.part("train"), data.n_users, data.n_items, 3, implicit, 0.1,
+                             torch.Generator().manual_seed(0))
+    for _ in range(3):
+        mse = sampler.sweep()
+    U, V = sampler.totals()
+    direct = (sampler.target - (U[sampler.user.own] * V[sampler.user.other]).sum(1)).double().square().mean()
+    assert mse.item() == pytest.approx(direct.item(), rel=1e-5)
+
+
 def test_the_exported_scorer_is_the_posterior_mean(small_split):
     g = torch.Generator().manual_seed(1)
     data = small_split

@@ -57,6 +57,10 @@ class _Sampler:
         self.Z = torch.zeros(n_users + 1, width, device=device) if implicit in ("item", "both") else None
         self._constants()
         self.alpha = torch.ones((), device=device)
+        # Σ target², and per user Σ target and the count: the train SSE's first term, without gathers.
+        counts = torch.bincount(users, minlength=n_users + 1).double()
+        sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
+        self.moments = (self.target.double().square().sum(), sums, counts)
         # The block draws' preconditioner bases, once per fit (drawn from the generator first).
         self.user_basis = self._basis(self.user) if self.Y is not None else None
         self.item_basis = self._basis(self.item) if self.Z is not None else None
@@ -85,14 +89,21 @@ class _Sampler:
         _, V = self.totals()
         self._side_step(self.P, self.Y, self.user, V, self.user_basis)
         U, _ = self.totals()
-        self._side_step(self.Q, self.Z, self.item, U, self.item_basis)
-        U, V = self.totals()
-        err = self.target - (U[self.user.own] * V[self.user.other]).sum(1)
-        sse = err.double().square().sum()
-        self.alpha = _gamma(_A0 + len(err) / 2, _B0 + sse / 2, self.g).float()
-        return sse / len(err)
+        S, t = self._side_step(self.Q, self.Z, self.item, U, self.item_basis)
+        sse = self._sse(U[:, USER_BIAS].double(), self.totals()[1][:, self.item.learned], S, t)
+        n = len(self.target)
+        self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
+        return sse / n
 
-    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor, basis) -> None:
+    def _sse(self, b: torch.Tensor, x: torch.Tensor, S: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Σ (r − μ − U_u·V_i)² over the fitted rows from the item step's S, t (no per-row gathers):
+        Σ (r − μ − b_u)² − 2 Σ_i x_i·t_i + Σ_i x_iᵀ S_i x_i; b (users,), x (items, d): V's learned columns."""
+        square, sums, counts = self.moments
+        quadratic = (x * (S @ x[:, :, None]).squeeze(2)).double().sum()
+        return square - 2 * (b * sums).sum() + (counts * b * b).sum() - 2 * (x * t).double().sum() + quadratic
+
+    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor, basis):
+        """Draws this side's own rows, then its block; returns S (rows, d, d) and t (rows, d)."""
         X = other_total[:, side.learned]  # (other_rows, d): the other side's learned columns
         d = X.shape[1]
         # Per own row: S = Σ X_j X_jᵀ and t = Σ (r − μ − the other side's bias) X_j over its rows.
@@ -111,6 +122,7 @@ class _Sampler:
             block[:, side.learned] = draw_block(block[:, side.learned], side, S, residual, self.alpha, prior,
                                                 basis, self.g)
         self._constants()
+        return S, t
 
 
 def _gamma(shape, rate, generator) -> torch.Tensor:
