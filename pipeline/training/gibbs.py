@@ -61,7 +61,7 @@ class _Sampler:
         counts = torch.bincount(users, minlength=n_users + 1).double()
         sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
         self.moments = (self.target.double().square().sum(), sums, counts)
-        # The block draws' preconditioner bases, once per fit (drawn from the generator first).
+        # The block draws' preconditioner bases, once per fit (from the generator, before any sweep).
         self.user_basis = self._basis(self.user) if self.Y is not None else None
         self.item_basis = self._basis(self.item) if self.Z is not None else None
 
