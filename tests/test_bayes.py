@@ -213,6 +213,31 @@ def test_many_samples_reduce_exactly_to_the_smaller_side():
         np.testing.assert_allclose(model(users, items), direct, atol=1e-4)
 
 
+@pytest.mark.parametrize("users", [7, 30])
+def test_feature_tables_are_averaged_and_reduced_with_their_side(users):
+    """A new entity's row from its feature values scores as the posterior mean of its folded rows,
+    whether the samples' columns are reduced (4 samples x 3 factors > 7 user rows) or not."""
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(4):
+        U, V = torch.randn(users, 5, generator=g), torch.randn(12, 5, generator=g)
+        W, X = torch.randn(3, 5, generator=g), torch.randn(2, 5, generator=g)  # a user group, an item group
+        U[:, 4], V[:, 3], W[:, 4], X[:, 3] = 1.0, 1.0, 0.0, 0.0
+        samples.append((U, V, {"user": [W], "item": [X]}))
+    model = bayes.export(samples, 3, 3.0, (-100.0, 100.0))
+    assert model.factors == (7 + 3 if users == 7 else 12)
+    user = lambda U, W: U[-1] + (W[0] + W[2]) / 2**0.5  # noqa: E731 (values 0 and 2 of the group)
+    item = lambda V, X: V[-1] + X[1]  # noqa: E731
+    new_user, new_item = model.feature_rows("user", [[np.array([0, 2])]]), model.feature_rows("item", [[np.array([1])]])
+    cases = [(new_user.expand(11, -1), model.items[:-1], lambda U, V, W, X: user(U, W) @ V[:-1].T),
+             (model.users[:-1], new_item.expand(users - 1, -1), lambda U, V, W, X: U[:-1] @ item(V, X)),
+             (new_user, new_item, lambda U, V, W, X: user(U, W) @ item(V, X))]
+    for users_, items_, direct in cases:
+        expected = 3.0 + torch.stack([direct(U, V, t["user"][0], t["item"][0]) for U, V, t in samples]).mean(0)
+        with torch.no_grad():
+            np.testing.assert_allclose(model.score_rows(users_, items_), expected.reshape(-1), atol=1e-4)
+
+
 def test_on_cuda_it_samples_as_well_as_on_the_cpu(small_split, cuda):
     """Other random streams on the GPU, so not the same numbers: the same quality, and the export."""
     config = _config(implicit="both", epochs=20, burn_in=5)

@@ -55,8 +55,9 @@ def _data(kinds: str):
     return split(ratings, seed=0), users, items
 
 
-def _fit_and_save(folder, data, mode: str):
-    config = TrainConfig(factors=4, epochs=6, lr=0.02, batch_size=64, features=mode)
+def _fit_and_save(folder, data, mode: str, family: str = "mf"):
+    config = TrainConfig(factors=4, epochs=6, lr=0.02, batch_size=64, features=mode) if family == "mf" else \
+        TrainConfig(family="bayes", factors=4, epochs=8, burn_in=3, init_std=0.1, features=mode)
     model = fit(data.part("train+valid"), config, features=data.features, **data.dims).model
     seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
     save_model(folder, model, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen, titles={1: "One"},
@@ -68,17 +69,19 @@ def _fit_and_save(folder, data, mode: str):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{name: (model, split, users' text, items' text, folder, server)}: features both (integer
-    and string user ids), user only, none; a server for each but the string one."""
+    and string user ids; the bayes family), user only, none; a server for each but the string and
+    bayes ones."""
     root = tmp_path_factory.mktemp("new-users")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         patch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "false")
         built = {}
         for name, kinds, mode in (("both", "int", "both"), ("both-str", "str", "both"), ("user", "int", "user"),
-                                  ("none", "int", "none")):
+                                  ("none", "int", "none"), ("bayes", "int", "both")):
             data, users, items = _data(kinds)
-            built[name] = (_fit_and_save(root / name, data, mode), data, users, items, root / name)
-        servers = {name: _Server(b[-1]) for name, b in built.items() if name != "both-str"}
+            built[name] = (_fit_and_save(root / name, data, mode, "bayes" if name == "bayes" else "mf"), data, users,
+                           items, root / name)
+        servers = {name: _Server(b[-1]) for name, b in built.items() if name not in ("both-str", "bayes")}
         yield {name: (*b, servers.get(name)) for name, b in built.items()}
         for server in servers.values():
             server.close()
@@ -119,7 +122,7 @@ def _in_process(model, data, frame: pd.DataFrame) -> np.ndarray:
         return model.score_rows(*rows).numpy()
 
 
-@pytest.mark.parametrize("name", ["both", "both-str"])
+@pytest.mark.parametrize("name", ["both", "both-str", "bayes"])
 def test_new_ids_score_from_their_features_as_the_model_tables_say(models, name):
     model, data, users, items, folder, _ = models[name]
     frame = _requests(data, users, items)
@@ -230,10 +233,11 @@ def test_the_served_encoder_agrees_with_side_features_on_every_group_kind(models
         {"numeric", "categorical", "multi"}
 
 
-def test_the_exported_scorer_equals_the_trainer_for_known_ids(models):
+@pytest.mark.parametrize("name", ["both", "bayes"])
+def test_the_exported_scorer_equals_the_trainer_for_known_ids(models, name):
     import mlflow
 
-    model, data, *_, folder, _ = models["both"]
+    model, data, *_, folder, _ = models[name]
     pairs = data.ratings.frame.iloc[data.test_rows][["user_id", "item_id"]]
     found = [pd.Index(ids).get_indexer(pairs[c]) for ids, c in ((data.user_ids, "user_id"),
                                                                  (data.item_ids, "item_id"))]

@@ -34,9 +34,10 @@ def _sgd(**changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-@pytest.mark.parametrize("optimizer", ["sparse_sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sparse_sgd", "adam", "bayes"])
 def test_a_user_feature_carries_what_each_user_has_too_few_rows_to_learn(grouped, optimizer):
-    config = _sgd() if optimizer == "sparse_sgd" else TrainConfig(factors=4, epochs=8, lr=0.02, batch_size=64)
+    config = {"sparse_sgd": _sgd(), "adam": TrainConfig(factors=4, epochs=8, lr=0.02, batch_size=64),
+              "bayes": TrainConfig(family="bayes", factors=4, epochs=20, burn_in=5, init_std=0.1)}[optimizer]
     fitted = {mode: fit(grouped.part("train"), config.replace(features=mode), valid=grouped.part("valid"),
                         features=grouped.features, **grouped.dims) for mode in ("none", "user")}
     assert fitted["user"].best_valid_rmse < 0.8 * fitted["none"].best_valid_rmse

@@ -88,13 +88,11 @@ def _feature_folds(mode: str, features: dict, device) -> dict[str, list]:
 
 def _engine(train, configs, seeds, dims, valid, device, compiled: bool, folds: dict):
     config = configs[0]
-    if folds and config.family == "bayes":
-        raise ValueError("train config features: side features are not yet sampled by the bayes family")
     if config.family == "bayes":
         from pipeline.training.gibbs import GibbsEngine
 
         generator = torch.Generator(device=device).manual_seed(seeds[0])
-        return GibbsEngine(train, config, **dims, valid=valid, generator=generator)
+        return GibbsEngine(train, config, **dims, valid=valid, generator=generator, folds=folds)
     if config.optimizer == "sparse_sgd" and config.implicit == "none" and not folds and compiled and device.type == "cpu":
         from pipeline.training.compiled import CompiledEngine  # numba: imported only when it runs
 

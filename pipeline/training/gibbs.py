@@ -1,24 +1,26 @@
 """The Gibbs engine: Bayesian MF with implicit-feedback blocks by blocked Gibbs sampling (family "bayes").
 
-r̂(u, i) = μ + U_u·V_i with U = P + A Y and V = Q + C Z, in `pipeline.model`'s row layout:
-P, Q are each user's and item's own factors and
-bias; Y (one row per item) and Z (one row per user) are the implicit blocks, A_uj = |N(u)|^-1/2
-for the items j the user rated and C_iv = |N(i)|^-1/2 for the users v who rated i, both built from
-the fitted rows only (SVD++'s user side and its flipped item side; Koren 2008). Every table's
-columns have Normal-Gamma hyperpriors (mean and precision per table and column, as in libFM's
-MCMC; Rendle 2012), the noise precision a Gamma prior.
+r̂(u, i) = μ + U_u·V_i with U = P + A Y + Σ_g F_g W_g and V = Q + C Z + Σ_g G_g X_g, in
+`pipeline.model`'s row layout: P, Q are each user's and item's own factors and bias; Y (one row per
+item) and Z (one row per user) are the implicit blocks, A_uj = |N(u)|^-1/2 for the items j the user
+rated and C_iv = |N(i)|^-1/2 for the users v who rated i, both built from the fitted rows only
+(SVD++'s user side and its flipped item side; Koren 2008); W_g, X_g are the side-feature groups'
+tables (one row per value, F_g, G_g their CSR blocks: `pipeline.features`), whose bias column is
+each value's linear weight. Every table's columns have Normal-Gamma hyperpriors (mean and precision
+per table and column, as in libFM's MCMC; Rendle 2012), the noise precision a Gamma prior.
 
 One sweep, per side (users, then items), given the other side's totals:
 - own rows: each row's conditional is Gaussian with a (d, d) precision: one batched Cholesky;
-- the implicit block: its rows share observations, so the block is drawn jointly by
-  perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
+- each block (the implicit one, then each feature group), given the rest: its rows share
+  observations, so the block is drawn jointly by perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
   noise and solve the normal equations by CG (preconditioned with the fold's top eigenvectors,
   found once per fit), whose exact solution is an exact draw.
 All of it is gathers, `index_add_` and batched linear algebra: the same code on a CPU and a GPU.
 
 The prediction is the posterior mean over the kept samples (after burn-in). It collapses exactly
 into one `MatrixFactorization`: the kept samples' factor columns concatenated and scaled by
-1/sqrt(S), their biases averaged.
+1/sqrt(S), their biases averaged; the feature tables alike (`side_tables`), so a new entity's
+row from its features is the posterior mean's too.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluate import clamped_error
-from pipeline.model import ITEM_BIAS, ITEM_ONE, USER_BIAS, USER_ONE, MatrixFactorization
+from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization
 from pipeline.split import Interactions
 from pipeline.training.block_draw import FoldBasis, draw_block
-from pipeline.training.blocks import Side
+from pipeline.training.blocks import Fold, Side
 
 __all__ = ["GibbsEngine", "export"]
 
@@ -39,10 +41,12 @@ _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
 
 
 class _Sampler:
-    """The chain's state: tables P, Q, Y, Z (augmented rows), hyperparameters, noise precision."""
+    """The chain's state: the own tables P, Q (augmented rows), each side's blocks (`blocks[side]`:
+    (fold, table, preconditioner basis), the implicit block first, then the feature groups of
+    `folds[side]`), hyperparameters, the noise precision."""
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
-                 init_std: float, generator: torch.Generator) -> None:
+                 init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None) -> None:
         device, width = train.ratings.device, factors + 2
         known = (train.users < n_users) & (train.items < n_items)  # cold rows have no identity to learn
         users, items, ratings = train.users[known], train.items[known], train.ratings[known]
@@ -53,43 +57,46 @@ class _Sampler:
         self.item = Side(items, users, n_items + 1, n_users + 1, width + ITEM_ONE, width)
         init = lambda n: torch.randn(n, width, generator=generator, device=device) * init_std  # noqa: E731
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
-        self.Y = torch.zeros(n_items + 1, width, device=device) if implicit in ("user", "both") else None
-        self.Z = torch.zeros(n_users + 1, width, device=device) if implicit in ("item", "both") else None
-        self._constants()
         self.alpha = torch.ones((), device=device)
         # Σ target², and per user Σ target and the count: the train SSE's first term, without gathers.
         counts = torch.bincount(users, minlength=n_users + 1).double()
         sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
         self.moments = (self.target.double().square().sum(), sums, counts)
-        # The block draws' preconditioner bases, once per fit (from the generator, before any sweep).
-        self.user_basis = self._basis(self.user) if self.Y is not None else None
-        self.item_basis = self._basis(self.item) if self.Z is not None else None
-
-    def _basis(self, side: Side) -> FoldBasis:
-        return FoldBasis(side, torch.bincount(side.own, minlength=side.rows), self.g)
+        # Each block starts at 0; its preconditioner basis is built once per fit (from the generator,
+        # before any sweep).
+        self.blocks = {}
+        for name, side in (("user", self.user), ("item", self.item)):
+            chosen = ([side] if implicit in (name, "both") else []) + list((folds or {}).get(name, []))
+            observations = torch.bincount(side.own, minlength=side.rows)
+            self.blocks[name] = [(fold, torch.zeros(fold.other_rows, width, device=device),
+                                  FoldBasis(fold, observations, generator)) for fold in chosen]
+        self._constants()
 
     def _constants(self) -> None:
         """The constant columns (and rows without data: fallback rows) back to [0…, 0, 1] / [0…, 1, 0]."""
         for table, side in ((self.P, self.user), (self.Q, self.item)):
             table[~side.has_data] = 0.0
             table[:, side.const] = 1.0
-        for block, side in ((self.Y, self.user), (self.Z, self.item)):
-            if block is not None:
-                block[~side.other_has_data] = 0.0
-                block[:, side.const] = 0.0
+        for fold, table, _ in self.blocks["user"] + self.blocks["item"]:
+            table[~fold.other_has_data] = 0.0  # block rows no row reads
+            table[:, fold.const] = 0.0
 
     def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """U = P + A Y and V = Q + C Z: (n_users + 1, K + 2), (n_items + 1, K + 2)."""
-        U = self.P if self.Y is None else self.P + self.user.fold(self.Y)
-        V = self.Q if self.Z is None else self.Q + self.item.fold(self.Z)
-        return U, V
+        """U = P + A Y + Σ F_g W_g and V = Q + C Z + Σ G_g X_g: (n_users + 1, K + 2), (n_items + 1, K + 2)."""
+        return tuple(sum((fold.fold(table) for fold, table, _ in self.blocks[side]), own)
+                     for own, side in ((self.P, "user"), (self.Q, "item")))
+
+    def feature_tables(self) -> dict[str, list[torch.Tensor]]:
+        """Copies of the feature groups' tables per side (`MatrixFactorization.side_tables`' layout)."""
+        return {side: [table.clone() for fold, table, _ in self.blocks[side] if not isinstance(fold, Side)]
+                for side in SIDES if any(not isinstance(fold, Side) for fold, _, _ in self.blocks[side])}
 
     def sweep(self) -> float:
         """One Gibbs sweep; returns the train MSE of the new sample."""
         _, V = self.totals()
-        self._side_step(self.P, self.Y, self.user, V, self.user_basis)
+        self._side_step(self.P, self.blocks["user"], self.user, V)
         U, _ = self.totals()
-        S, t = self._side_step(self.Q, self.Z, self.item, U, self.item_basis)
+        S, t = self._side_step(self.Q, self.blocks["item"], self.item, U)
         sse = self._sse(U[:, USER_BIAS].double(), self.totals()[1][:, self.item.learned], S, t)
         n = len(self.target)
         self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
@@ -102,25 +109,29 @@ class _Sampler:
         quadratic = (x * (S @ x[:, :, None]).squeeze(2)).double().sum()
         return square - 2 * (b * sums).sum() + (counts * b * b).sum() - 2 * (x * t).double().sum() + quadratic
 
-    def _side_step(self, own: torch.Tensor, block, side: Side, other_total: torch.Tensor, basis):
-        """Draws this side's own rows, then its block; returns S (rows, d, d) and t (rows, d)."""
+    def _side_step(self, own: torch.Tensor, blocks: list, side: Side, other_total: torch.Tensor):
+        """Draws this side's own rows, then each of its blocks given the rest; returns S (rows, d, d)
+        and t (rows, d)."""
         X = other_total[:, side.learned]  # (other_rows, d): the other side's learned columns
         d = X.shape[1]
         # Per own row: S = Σ X_j X_jᵀ and t = Σ (r − μ − the other side's bias) X_j over its rows.
         S = (side.B @ (X[:, :, None] * X[:, None, :]).reshape(-1, d * d)).reshape(-1, d, d)
         t = side.matrix(self.target) @ X - side.B @ (other_total[:, side.const, None] * X)
-        offset = side.fold(block)[:, side.learned] if block is not None else torch.zeros_like(t)
+        folded = [fold.fold(table)[:, side.learned] for fold, table, _ in blocks]  # each block's part of the rows
+        offset = sum(folded, torch.zeros_like(t))
         mean, lam = _hyper(own[side.has_data][:, side.learned], self.g)
         precision = torch.diag_embed(lam.expand_as(t)) + self.alpha * S
         rhs = lam * mean + self.alpha * (t - (S @ offset[:, :, None]).squeeze(2))
         own[:, side.learned] = _gaussian(precision, rhs, self.g)
-        if block is not None:
+        for b, (fold, table, basis) in enumerate(blocks):
+            rest = sum((part for c, part in enumerate(folded) if c != b), own[:, side.learned])
             # Σ X_j ε_j over each own row's observations: the targets' noise, for the joint draw.
             noise = side.matrix(torch.randn(len(side.own), generator=self.g, device=X.device)) @ X
-            residual = self.alpha * (t - (S @ own[:, side.learned, None]).squeeze(2)) + self.alpha.sqrt() * noise
-            prior = _hyper(block[side.other_has_data][:, side.learned], self.g)
-            block[:, side.learned] = draw_block(block[:, side.learned], side, S, residual, self.alpha, prior,
+            residual = self.alpha * (t - (S @ rest[:, :, None]).squeeze(2)) + self.alpha.sqrt() * noise
+            prior = _hyper(table[fold.other_has_data][:, side.learned], self.g)
+            table[:, side.learned] = draw_block(table[:, side.learned], fold, S, residual, self.alpha, prior,
                                                 basis, self.g)
+            folded[b] = fold.fold(table)[:, side.learned]
         self._constants()
         return S, t
 
@@ -159,23 +170,24 @@ class GibbsEngine:
     its snapshot is the number of kept samples, and its model the posterior mean over them."""
 
     def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
-                 generator) -> None:
-        self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator)
+                 generator, folds: dict[str, list[Fold]] | None = None) -> None:
+        self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator,
+                                folds)
         self.config, self.valid, self.rating_scale = config, valid, rating_scale
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.kept: list[tuple] = []
         self.running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
         self.live = [0]
 
     def epoch(self, sweep: int) -> list[float]:
         train_mse = float(self.sampler.sweep())  # one CPU-GPU sync point per sweep
-        self.current = tuple(t.clone() for t in self.sampler.totals())
+        self.current = (*(t.clone() for t in self.sampler.totals()), self.sampler.feature_tables())
         self.keeping = sweep > self.config.burn_in
         if self.keeping:
             self.kept.append(self.current)
         return [train_mse]
 
     def valid_rmse(self) -> list[float]:
-        U, V = self.current
+        U, V, _ = self.current
         score = self.sampler.mu + (U[self.valid.users] * V[self.valid.items]).sum(1).double()
         if self.keeping:
             self.running += score
@@ -199,22 +211,31 @@ class GibbsEngine:
 
 
 @torch.no_grad()
-def export(samples: list[tuple[torch.Tensor, torch.Tensor]], factors: int, mu: float,
-           rating_scale) -> MatrixFactorization:
+def export(samples: list[tuple], factors: int, mu: float, rating_scale) -> MatrixFactorization:
     """The posterior mean as one MatrixFactorization: r̂ = μ + mean_s(U_s·V_s) = μ + b̄_u + b̄_i +
     [p_1..p_S]/√S · [q_1..q_S]/√S (the samples' factor columns concatenated, then reduced
-    exactly to at most min(users, items) columns: the product has no higher rank)."""
+    exactly to at most min(users, items) columns: the product has no higher rank). A sample is
+    (U, V) or (U, V, feature tables per side): each feature table is concatenated and averaged
+    like its side's rows, and reduced with them, so a new entity's row is exact too."""
     scale = len(samples) ** -0.5
-    U = torch.stack([u for u, _ in samples])  # (S, n_users + 1, K + 2)
-    V = torch.stack([v for _, v in samples])
-    P = (U[:, :, :factors] * scale).permute(1, 0, 2).reshape(U.shape[1], -1)
-    Q = (V[:, :, :factors] * scale).permute(1, 0, 2).reshape(V.shape[1], -1)
+    features = samples[0][2] if len(samples[0]) > 2 else {}
+    # Per side: (S, rows, K + 2) stacks, the table's rows first, then each feature group's.
+    stacks = {side: [torch.stack([sample[at] for sample in samples])] + [
+        torch.stack([sample[2][side][g] for sample in samples]) for g in range(len(features.get(side, [])))]
+        for at, side in enumerate(SIDES)}
+    P, Q = (torch.cat([(t[:, :, :factors] * scale).permute(1, 0, 2).reshape(t.shape[1], -1) for t in stacks[side]])
+            for side in SIDES)
     P, Q = _reduce(P, Q)
     width = P.shape[1]
+    U, V = stacks["user"][0], stacks["item"][0]
     model = MatrixFactorization(U.shape[1] - 1, V.shape[1] - 1, width, mu, rating_scale).to(U.device)
-    model.users[:, :width], model.items[:, :width] = P, Q
-    model.users[:, USER_BIAS] = U[:, :, USER_BIAS].mean(0)
-    model.items[:, ITEM_BIAS] = V[:, :, ITEM_BIAS].mean(0)
+    for side, reduced, table, bias in (("user", P, model.users, USER_BIAS), ("item", Q, model.items, ITEM_BIAS)):
+        parts = reduced.split([t.shape[1] for t in stacks[side]])
+        for g, (t, part) in enumerate(zip(stacks[side], parts)):  # g 0: the table; then its feature groups
+            out = table if g == 0 else U.new_zeros(t.shape[1], width + 2)  # a feature table's constant column: 0
+            out[:, :width], out[:, bias] = part, t[:, :, bias].mean(0)
+            if g:
+                model.side_tables.setdefault(side, []).append(out)
     model.restore_constants()
     return model
 
