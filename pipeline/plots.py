@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -13,39 +14,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-__all__ = ["study_figures"]
+__all__ = ["IMPORTANCE_MIN_TRIALS", "study_figures"]
+
+# fANOVA's importances from fewer complete trials of a family are noise: its forest of 64 trees
+# needs several points per searched dimension (the default space searches 2-5 per family).
+IMPORTANCE_MIN_TRIALS = 8
 
 
 def study_figures(study: optuna.Study, best_n: int = 5) -> tuple[dict[str, plt.Figure], dict[str, str]]:
     """Figures by file name, and for each figure that could not be drawn, why (e.g. too few
-    trials for importances). Caller saves and closes them."""
+    trials for importances). Per model family (mf, bayes): parallel coordinates, slices and
+    parameter importances over the settings that family trains with (`TrainConfig.used`), named
+    as in the trial runs. Caller saves and closes them."""
     figures, skipped = {}, {}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
         return figures, {"all plots": "no complete trial"}
     figures["learning_curves.png"] = _learning_curves(study, best_n)
-    searched = _searched([t for t in complete if "reference" not in t.user_attrs])  # trial 0 is outside the space
-    if searched:
-        figures["parallel_coordinate.png"] = _parallel_coordinates(complete, searched)
-        figures["slice.png"] = _slices(complete, searched)
-    else:
-        skipped["parallel_coordinate.png"] = skipped["slice.png"] = "no parameter varies across complete trials"
-    vis = optuna.visualization.matplotlib
-    makers = {"optimization_history.png": vis.plot_optimization_history,
-              "param_importances.png": vis.plot_param_importances}
     with warnings.catch_warnings():
         # Optuna's plots are experimental and warn about small studies; nothing a user can act on.
         warnings.simplefilter("ignore")
-        for name, make in makers.items():
-            try:
-                axes = make(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of < 2 trials
-                skipped[name] = f"{type(exc).__name__}: {exc}"
-                continue
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
-            figure.tight_layout()
-            figures[name] = figure
+        axes = optuna.visualization.matplotlib.plot_optimization_history(study)
+    figure = axes.get_figure()
+    figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+    figure.tight_layout()
+    figures["optimization_history.png"] = figure
+    for family, trials in _by_family(complete).items():
+        searched = _searched([t for t in trials if not t.reference])  # trial 0 is outside the space
+        names = [f"{kind}-{family}.png" for kind in ("parallel_coordinate", "slice", "param_importances")]
+        if not searched:
+            skipped.update(dict.fromkeys(names, f"no {family} setting varies across its complete trials"))
+            continue
+        figures[names[0]] = _parallel_coordinates(trials, searched, family)
+        figures[names[1]] = _slices(trials, searched, family)
+        sampled = [t for t in trials if not t.reference]
+        if len(sampled) >= IMPORTANCE_MIN_TRIALS:
+            figures[names[2]] = _importances(sampled, searched, family)
+        else:
+            skipped[names[2]] = (f"{len(sampled)} complete {family} trials from the space: importances need "
+                                 f"{IMPORTANCE_MIN_TRIALS} to mean something")
     return figures, skipped
 
 
@@ -79,9 +86,32 @@ def _learning_curves(study: optuna.Study, best_n: int) -> plt.Figure:
 # None, which Optuna's own plots draw as "None" ticks; trial 0's configuration is not suggested.)
 
 
+def _by_family(trials: list) -> dict[str, list]:
+    """Trials by their config's family, each trial's config reduced to what its family uses."""
+    from pipeline.training import TrainConfig
+
+    families: dict[str, list] = {}
+    for t in trials:
+        config = TrainConfig(**t.user_attrs["config"])
+        families.setdefault(config.family, []).append((t, config.used()))
+    return {family: [_Point(t.number, t.value, used, "reference" in t.user_attrs) for t, used in rows]
+            for family, rows in families.items()}
+
+
+@dataclass(frozen=True)
+class _Point:
+    """A complete trial as the plots read it: number, valid RMSE, its family's settings, and
+    whether it is the reference configuration (trial 0, outside the space)."""
+
+    number: int
+    value: float
+    config: dict
+    reference: bool
+
+
 def _searched(trials: list) -> list[str]:
-    """TrainConfig fields that take more than one value across `trials`."""
-    configs = [t.user_attrs.get("config", {}) for t in trials]
+    """Settings that take more than one value across `trials` (the family's)."""
+    configs = [t.config for t in trials]
     keys = dict.fromkeys(k for c in configs for k in c)
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
@@ -98,18 +128,23 @@ def _axis(values: list) -> tuple[list[float], list[str], bool]:
         log = low > 0 and high / low > 20
         f = (lambda v: math.log(v)) if log else (lambda v: v)
         span = (f(high) - f(low)) or 1.0
-        return [(f(v) - f(low)) / span for v in values], [f"{low:.3g}", f"{high:.3g}"], log
-    levels = sorted({str(v) for v in values})
+        return [(f(v) - f(low)) / span for v in values], [f"{low:.4g}", f"{high:.4g}"], log
+    levels = sorted({_label(v) for v in values})
     step = 1 / max(len(levels) - 1, 1)
-    return [levels.index(str(v)) * step for v in values], levels, False
+    return [levels.index(_label(v)) * step for v in values], levels, False
 
 
-def _parallel_coordinates(trials: list, keys: list[str]) -> plt.Figure:
+def _label(value) -> str:
+    """A category's tick: numbers to 4 significant digits, the rest as written."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _parallel_coordinates(trials: list, keys: list[str], family: str) -> plt.Figure:
     """One vertical axis per searched field and valid RMSE last; a line per complete trial,
     coloured by valid RMSE (dark = better), the best trial drawn last and thickest."""
     trials = sorted(trials, key=lambda t: -t.value)  # worst first: the best ends on top
     values = [t.value for t in trials]
-    columns = [_axis([t.user_attrs["config"].get(k) for t in trials]) for k in keys] + [_axis(values)]
+    columns = [_axis([t.config.get(k) for t in trials]) for k in keys] + [_axis(values)]
     names = keys + ["valid RMSE"]
     figure, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 5.5))
     colour = plt.get_cmap("viridis_r")
@@ -128,12 +163,12 @@ def _parallel_coordinates(trials: list, keys: list[str]) -> plt.Figure:
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(names) - 0.5)
-    ax.set_title(f"Parallel coordinates: {len(trials)} complete trials, best in red")
+    ax.set_title(f"Parallel coordinates, {family}: {len(trials)} complete trials, best in red")
     figure.tight_layout()
     return figure
 
 
-def _slices(trials: list, keys: list[str]) -> plt.Figure:
+def _slices(trials: list, keys: list[str], family: str) -> plt.Figure:
     """Valid RMSE against each searched field, one panel each, coloured by trial number."""
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
@@ -143,7 +178,7 @@ def _slices(trials: list, keys: list[str]) -> plt.Figure:
     top = sorted(values)[int(0.9 * (len(values) - 1))]  # the worst tenth off the scale: it would flatten the rest
     scatter = None
     for ax, key in zip(axes.flat, keys):
-        xs = [t.user_attrs["config"].get(key) for t in trials]
+        xs = [t.config.get(key) for t in trials]
         positions, labels, log = _axis(xs)
         numeric = _numeric(xs)
         scatter = ax.scatter(xs if numeric else positions, values, c=[t.number for t in trials], cmap="viridis", s=14)
@@ -157,4 +192,36 @@ def _slices(trials: list, keys: list[str]) -> plt.Figure:
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     figure.colorbar(scatter, ax=axes, label="trial number", shrink=0.8)
+    figure.suptitle(f"Valid RMSE against each {family} setting", fontsize=10)
     return figure
+
+
+def _importances(trials: list, keys: list[str], family: str) -> plt.Figure:
+    """fANOVA importances (Optuna's evaluator, seeded) of the family's searched settings for valid
+    RMSE, from a study rebuilt over those settings of `trials` (the space's, not the reference):
+    the names are the runs' own."""
+    distributions = {k: _distribution([t.config[k] for t in trials]) for k in keys}
+    study = optuna.create_study()
+    for t in trials:
+        params = {k: t.config[k] if _numeric([t.config[k]]) else str(t.config[k]) for k in keys}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=t.value))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    figure, ax = plt.subplots(figsize=(8, 0.5 * len(importances) + 1.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    for y, name in enumerate(names):
+        ax.annotate(f"{importances[name]:.2f}", (importances[name], y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xlabel("importance for valid RMSE (fANOVA)")
+    ax.set_title(f"Setting importances, {family}: {len(trials)} complete trials")
+    figure.tight_layout()
+    return figure
+
+
+def _distribution(values: list) -> optuna.distributions.BaseDistribution:
+    """A distribution spanning `values`: numbers as a float range, the rest as categories."""
+    if _numeric(values):
+        low, high = float(min(values)), float(max(values))
+        return optuna.distributions.FloatDistribution(low, high, log=low > 0 and high / low > 20)
+    return optuna.distributions.CategoricalDistribution(sorted({str(v) for v in values}))
