@@ -65,7 +65,7 @@ class Scripted(Objective):
     def config(self, trial):
         return self.configs[trial.number]
 
-    def fit(self, members, on_end):
+    def fit(self, members, on_end, on_epoch=None):
         if len(members) == 1 and self.during:
             self.during(members[0][0])
         if len(members) == 1 and members[0][0].number in self.errors:
@@ -73,7 +73,7 @@ class Scripted(Objective):
             if not isinstance(error, Exception):
                 raise error  # Ctrl-C stops the batch, as in training
             return on_end(0, error)
-        return super().fit(members, on_end)
+        return super().fit(members, on_end, on_epoch)
 
 
 class Study:

@@ -1,12 +1,14 @@
-"""What the search prints (pipeline/search/report.py): the start line, one progress line per
-trial, the closing summary; no study run, no store touched."""
+"""What the search prints (pipeline/search/report.py, and progress.py's line per told trial): the
+start line, one progress line per trial, the closing summary; no study run, no store touched
+(the live line inside trials and the finish's steps: tests/test_progress.py)."""
 
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from pipeline.search.report import Progress, print_summary, start_line
+from pipeline.search.progress import Progress
+from pipeline.search.report import print_summary, start_line
 
 
 class _Ratings:
@@ -52,7 +54,7 @@ def test_one_progress_line_per_trial_with_the_best_so_far_and_why_a_trial_failed
     assert lines[0].startswith("[############............] 2/4 trials | best valid RMSE 0.9100 (trial 0) | ")
     assert lines[0].endswith("| trial 0 complete") and lines[1].endswith("| trial 1 pruned")
     assert lines[2].endswith("| trial 2 fail: diverged at epoch 3")
-    assert "elapsed, ETA" in lines[0]
+    assert "elapsed, ETA ?" in lines[0]  # no epoch measured: no number
 
 
 def test_progress_before_any_complete_trial_and_when_quiet(capsys):

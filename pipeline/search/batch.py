@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,9 +28,19 @@ from pipeline.search.recovery import this_process
 from pipeline.search.study import Cap, SharedStudy
 from pipeline.training import FitResult, stack_key
 
-__all__ = ["ask_batch", "run_batch"]
+__all__ = ["Watching", "ask_batch", "run_batch"]
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class Watching(Protocol):
+    """What follows the trials as they train (`pipeline.search.progress.Progress`)."""
+
+    def begin(self, members: Sequence[tuple[int, str, int]]) -> None:
+        """(trial number, family, epochs) of each trial of a stack that starts training."""
+
+    def epoch(self, number: int, epoch: int, valid_rmse: float) -> None:
+        """Trial `number` ended `epoch` with `valid_rmse`."""
 
 
 def ask_batch(shared: SharedStudy, cap: Cap, size: int) -> list[optuna.Trial]:
@@ -44,9 +55,11 @@ def ask_batch(shared: SharedStudy, cap: Cap, size: int) -> list[optuna.Trial]:
     return asked
 
 
-def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Trial], callbacks: list[Callback]) -> None:
+def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Trial], callbacks: list[Callback],
+              watch: Watching | None = None) -> None:
     """Train and tell `trials`. Pruning and expected failures (divergence, tracking, over the cap)
-    end one trial; a bug is raised once every trial of the batch is told."""
+    end one trial; a bug is raised once every trial of the batch is told. watch: told when each
+    stack starts training and each epoch of its trials (the progress line; `Progress`)."""
     runs: dict[int, object] = {}
     closed: set[int] = set()  # runs ended
     told: set[int] = set()
@@ -65,7 +78,7 @@ def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Tri
     try:
         with _beating(shared, trials, told):
             for members in _begin(objective, trials, runs, settle):
-                _train(objective, members, settle)
+                _train(objective, members, settle, watch)
     except BaseException as exc:  # Ctrl-C, or a storage error: close what is still open
         for trial in trials:
             if trial.number not in told:
@@ -91,13 +104,16 @@ def _begin(objective: Objective, trials: list[optuna.Trial], runs: dict, settle)
     return list(groups.values())
 
 
-def _train(objective: Objective, members: list, settle: Callable[[optuna.Trial, FitResult | Exception], None]) -> None:
+def _train(objective: Objective, members: list, settle: Callable[[optuna.Trial, FitResult | Exception], None],
+           watch: Watching | None) -> None:
     """Record each member's stack size, then train them as one stack (a lone member: a stack of
     one), settling each member as soon as it ends."""
     for trial, _, run in members:
         trial.set_user_attr("stack_size", len(members))
         run.log(stack_size=len(members))
-    objective.fit(members, lambda k, outcome: settle(members[k][0], outcome))
+    if watch is not None:
+        watch.begin([(trial.number, config.family, config.epochs) for trial, config, _ in members])
+    objective.fit(members, lambda k, outcome: settle(members[k][0], outcome), watch.epoch if watch else None)
 
 
 def _abandon(shared: SharedStudy, objective: Objective, trial: optuna.Trial, run, exc: BaseException) -> None:

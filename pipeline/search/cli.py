@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from pipeline.search.interrupt import catching_sigint, received
 from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchOptions
+from pipeline.search.progress import Steps
 from pipeline.search.report import print_summary, resume_line, start_line
 from pipeline.search.session import USER_ERRORS, Session, prepare
 from pipeline.search.recovery import close_orphan_runs, retry_lost_trials
@@ -82,17 +83,22 @@ def _finish_once(session: Session) -> tuple[str, int]:
         return "FAILED", 1
     best = study.best_trial.number
     o = session.options
+    steps = Steps(o.quiet)
 
     def run() -> None:
         study.set_user_attr("summary", finish(study, session.data, session.tracker, device=session.device,
                                               seed=o.seed, register_as=o.register_as,
-                                              reference=session.space.reference))
+                                              reference=session.space.reference, steps=steps))
 
     def summary():
         value = study.user_attrs.get("summary")
         return value if value is not None and value["best_trial"] == best else None
 
-    print_summary(session.shared.once(f"finish-{best}", run, summary), session.tracker.tracking_uri)
+    try:
+        done = session.shared.once(f"finish-{best}", run, summary)
+    finally:
+        steps.close()  # a terminal's redrawn line ends before the summary (or the error)
+    print_summary(done, session.tracker.tracking_uri)
     return "FINISHED", 0
 
 

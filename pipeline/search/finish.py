@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import optuna
@@ -18,17 +19,43 @@ from pipeline.ranking import popularity_model, ranking_metrics
 from pipeline.split import Split
 from pipeline.tracking import Tracker
 from pipeline.training import TrainConfig, refit
+from pipeline.training.driver import EpochCallback
 
-__all__ = ["finish", "log_study_inputs"]
+__all__ = ["Steps", "finish", "log_study_inputs"]
+
+
+class Steps(Protocol):
+    """What is told the finish's steps as they start (`pipeline.search.progress.Steps`)."""
+
+    def __call__(self, text: str) -> None:
+        """A step starts."""
+
+    def epochs(self, what: str, n: int, family: str) -> EpochCallback | None:
+        """A refit of n epochs (or sweeps) starts; its epoch callback."""
+
+
+class _Silent:
+    def __call__(self, text: str) -> None:
+        pass
+
+    def epochs(self, what: str, n: int, family: str) -> None:
+        return None
+
+
+_SILENT = _Silent()
 
 
 def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.device, seed: int,
-           register_as: str, reference: bool) -> dict:
+           register_as: str, reference: bool, steps: Steps | None = None) -> dict:
     """Refit, test, log and register the best trial; returns the summary (JSON-ready).
-    reference: also refit the d2l configuration (trial 0) and report its test scores."""
+    reference: also refit the d2l configuration (trial 0) and report its test scores.
+    steps: told each step as it starts (`pipeline.search.progress.Steps`; default: nothing said)."""
+    steps = steps or _SILENT
     best = study.best_trial
-    model, test, ranks, references = _score(study, data, device, seed, reference)
+    model, test, ranks, references = _score(study, data, device, seed, reference, steps)
+    steps("figures")
     figures, skipped = _log_figures(study, tracker)
+    steps("logging the trials and scores")
     tracker.log_text(_trials_csv(study), "trials.csv")
     tracker.log_parent(
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
@@ -36,7 +63,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
                  **{f"reference.{k}_{m}": v for k, scores in references.items() for m, v in scores.items()}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
-    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as, key)
+    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as, key, steps)
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
@@ -60,29 +87,36 @@ def _trials_csv(study: optuna.Study) -> str:
     } for t in study.trials]).to_csv(index=False)
 
 
-def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, reference: bool):
-    """The best trial refit and tested, and the references' test scores: (model, Metrics, {name: scores})."""
+def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, reference: bool, steps: Steps):
+    """The best trial refit and tested, and the references' test scores: (model, Metrics, ranking
+    metrics, {name: scores})."""
     fit_rows, test_rows = data.part("train+valid"), data.part("test")  # encoded once, used thrice
     test_on_device = test_rows.to(device)
 
-    def refit_and_test(config: dict, epochs: int) -> tuple:
-        result = refit(fit_rows, TrainConfig(**config), epochs, seed=seed, device=device, features=data.features,
-                       **data.dims)
+    def refit_and_test(config: dict, epochs: int, name: str) -> tuple:
+        config = TrainConfig(**config)
+        result = refit(fit_rows, config, epochs, seed=seed, device=device, features=data.features,
+                       callback=steps.epochs(f"refit {name}", epochs, config.family), **data.dims)
+        steps(f"scoring {name} on test")
         return result.model, evaluate(result.model, test_on_device)
 
     def ranked(model) -> dict:
         return ranking_metrics(model, fit_rows, test_rows)
 
     best = study.best_trial
-    model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"])
+    model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"], f"trial {best.number}")
+    steps(f"ranking metrics of trial {best.number}")
+    ranks = ranked(model)
+    steps("the baselines: biases only, popularity")
     scores = {k: _scores(m) for k, m in baselines(fit_rows, test_rows, **data.dims).items()}
     scores["biases_only"].update(ranked(biases_only(fit_rows, **data.dims)))
     scores["popularity"] = ranked(popularity_model(fit_rows, **data.dims))  # ranks only: no ratings
     if reference:
         d2l = next((t for t in study.trials if t.user_attrs.get("reference") == "d2l"), None)
         epochs = d2l.user_attrs.get("best_epoch", 20) if d2l else 20
-        scores = {"d2l_config": _scores(refit_and_test(TrainConfig().to_dict(), epochs)[1]), **scores}
-    return model, test, ranked(model), scores
+        scores = {"d2l_config": _scores(refit_and_test(TrainConfig().to_dict(), epochs, "the d2l reference")[1]),
+                  **scores}
+    return model, test, ranks, scores
 
 
 def _scores(m: Metrics) -> dict:
@@ -101,9 +135,11 @@ def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict
     return sorted(figures), skipped
 
 
-def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict):
+def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict,
+                      steps: Steps):
     """Log the model (the raw-id scorer and its files, see bundle.py) and register it, once per
     `key` (study, best trial) however often a finish is retried: (model uri, version, alias)."""
+    steps("logging the model")
     seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
     with tempfile.TemporaryDirectory() as tmp:
         save_model(Path(tmp) / "model", model, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen,
@@ -111,6 +147,7 @@ def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, re
                    metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name},
                    features={"user": data.ratings.user_features, "item": data.ratings.item_features})
         uri = tracker.log_model(Path(tmp) / "model", key)
+    steps(f"registering as {register_as}")
     version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint, key)
     return uri, version, alias
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -20,9 +21,11 @@ from pipeline.space import SearchSpace, suggest
 from pipeline.split import Interactions
 from pipeline.tracking import Tracker, TrackingError, TrialRun
 from pipeline.training import FitResult, TrainConfig, TrainingDiverged, fit_stack
-from pipeline.training.driver import EndCallback
+from pipeline.training.driver import EndCallback, EpochCallback
 
-__all__ = ["NO_RUN", "Ending", "Objective", "OverCap", "ending", "reporter", "trial_seed"]
+__all__ = ["NO_RUN", "Ending", "Objective", "OverCap", "Watch", "ending", "reporter", "trial_seed", "watched"]
+
+Watch = Callable[[int, int, float], None]  # (trial number, epoch, valid RMSE): what a progress display is told
 
 
 class OverCap(RuntimeError):
@@ -141,13 +144,16 @@ class Objective:
             raise
         return config, run
 
-    def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]], on_end: EndCallback) -> None:
+    def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]], on_end: EndCallback,
+            on_epoch: Watch | None = None) -> None:
         """Train the members' models together (configs of one `stack_key`, or one member alone), each
         reported and prunable epoch by epoch; `on_end(k, outcome)` as soon as member k ends (its
-        result or the exception that ended it), so Ctrl-C later in the stack loses only the others."""
+        result or the exception that ended it), so Ctrl-C later in the stack loses only the others.
+        on_epoch(trial number, epoch, valid RMSE): told each member's epoch (the progress line)."""
         fit_stack(self.train, [config for _, config, _ in members],
                   [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
-                  device=self.device, callbacks=[reporter(trial, run) for trial, _, run in members],
+                  device=self.device, callbacks=[watched(reporter(trial, run), trial.number, on_epoch)
+                                                 for trial, _, run in members],
                   on_end=on_end, features=self.features, **self.dims)
 
     def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
@@ -197,3 +203,16 @@ def reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: valid RMSE {valid_rmse:.4f}")
 
     return on_epoch
+
+
+def watched(report: EpochCallback, number: int, on_epoch: Watch | None) -> EpochCallback:
+    """Trial `number`'s epoch callback `report`, telling `on_epoch` first (so the epoch a trial is
+    pruned or interrupted at is shown too); `report` itself where nothing watches."""
+    if on_epoch is None:
+        return report
+
+    def telling(epoch: int, train_mse: float, valid_rmse: float):
+        on_epoch(number, epoch, valid_rmse)
+        return report(epoch, train_mse, valid_rmse)
+
+    return telling

@@ -1,16 +1,11 @@
-"""What the command prints: the start line, one progress line per trial, the closing summary."""
+"""What the command prints before and after the trials: the start line, the resume line, the closing
+summary (the progress while it works: pipeline.search.progress)."""
 
 from __future__ import annotations
 
-import sys
-import time
-
-import optuna
-from optuna.trial import TrialState
-
 from pipeline.urls import masked
 
-__all__ = ["Progress", "print_summary", "resume_line", "start_line"]
+__all__ = ["print_summary", "resume_line", "start_line"]
 
 
 def start_line(study_name: str, ratings, data, device, cap: int, workers: int, tracking_uri: str) -> str:
@@ -29,46 +24,6 @@ def resume_line(trials: list, cap: int) -> str | None:
     if again:
         line += f" ({again} interrupted: run again first)"
     return line
-
-
-class Progress:
-    """Per-trial callback (`batch.run_batch` calls it with each trial it tells, as Optuna's
-    `optimize` calls its callbacks): one line per trial (a redrawn bar on a terminal): done/total,
-    best so far, elapsed, ETA. `done`: finished trials when this process started."""
-
-    def __init__(self, total: int, done: int, quiet: bool) -> None:
-        self.total, self.start_done, self.quiet = total, done, quiet
-        self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.quiet:
-            return
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / max(done - self.start_done, 1) * max(self.total - done, 0)
-        try:
-            best = f"best valid RMSE {study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:
-            best = "no complete trial yet"
-        width = 24
-        filled = int(width * min(done, self.total) / self.total)
-        state = trial.state.name.lower()
-        if trial.state == TrialState.FAIL:
-            state += f": {trial.user_attrs.get('fail_reason', 'see the log')}"
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} trials | {best} | "
-                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)} | trial {trial.number} {state}")
-        print(("\r" + line.ljust(150)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr,
-              flush=True)
-
-    def close(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 # The summary's columns: the test scores of the champion and of each reference (items rated >= 4 relevant).

@@ -15,7 +15,7 @@ import optuna
 from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.interrupt import catching_sigint, deferring, raise_if_interrupted, received
 from pipeline.search.options import SearchOptions
-from pipeline.search.report import Progress
+from pipeline.search.progress import Plan, Progress
 from pipeline.search.session import USER_ERRORS, Session, prepare
 from pipeline.search.study import attach_parent
 
@@ -36,7 +36,7 @@ def run_trials(session: Session, *, quiet: bool) -> int:
     `study.optimize` does before each trial)."""
     study, cap, shared = session.study, session.cap, session.shared
     objective = session.objective()
-    progress = Progress(cap.n, cap.finished(study.get_trials(deepcopy=False)), quiet)
+    progress = Progress(cap.n, cap.finished(study.get_trials(deepcopy=False)), quiet, _plan(session))
     timeout = session.options.timeout or session.space.timeout
     deadline = time.monotonic() + timeout if timeout else None
     ran = 0
@@ -55,11 +55,19 @@ def run_trials(session: Session, *, quiet: bool) -> int:
                     time.sleep(1.0)
                     continue
                 batch = ask_batch(shared, cap, session.stack)  # trained in stacks where they can be
-                run_batch(shared, objective, batch, [progress])
+                run_batch(shared, objective, batch, [progress], watch=progress)
                 ran += len(batch)
     finally:
         progress.close()
     return ran
+
+
+def _plan(session: Session) -> Plan:
+    """The trials to come, for the ETA: the space's families (its `family` parameter's choices or
+    fixed value; mf without one) and epochs, and the processes that share them."""
+    spec = session.space.params.get("family")
+    families = getattr(spec, "choices", None) or [getattr(spec, "value", "mf")]
+    return Plan(tuple(str(f) for f in families), session.space.epochs, session.options.workers)
 
 
 def run_workers(session: Session) -> int:
