@@ -118,7 +118,7 @@ class Study:
         assert not [r for r in runs if r.info.status == "RUNNING"]
         done = [r for r in children if r.data.tags.get("optuna.state") in ("COMPLETE", "PRUNED")]
         assert sorted(int(r.data.tags["optuna.trial_number"]) for r in done) == sorted(t.number for t in finished)
-        versions = client.search_model_versions("name='mf-movielens'")
+        versions = client.search_model_versions("name='mf-movielens-quick'")
         assert len(versions) == 1
         return children
 
@@ -242,7 +242,7 @@ def test_a_tracking_server_that_goes_away_for_a_while(tmp_path, pg_database):
         s.check()
         # the artifacts went through the server: the workers never saw the folder
         client = s.mlflow()
-        version = client.get_model_version_by_alias("mf-movielens", "champion")
+        version = client.get_model_version_by_alias("mf-movielens-quick", "champion")
         assert any(artifacts.rglob("MLmodel")) and version.source
         parent = [r for r in client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
                   if "mlflow.parentRunId" not in r.data.tags][0]

@@ -50,16 +50,16 @@ def test_a_finish_killed_half_way_is_finished_by_the_rerun_once(tmp_path, monkey
     _killed_at(f"mlflow:MlflowClient.{method}", ws)  # mid-log, or registered without its alias
     monkeypatch.chdir(tmp_path)
     assert ws.search("--n-trials", "2", "--grace", "1") == 0  # the dead holder's lease lapses after 1 s
-    versions = ws.client.search_model_versions("name = 'mf-movielens'")
+    versions = ws.client.search_model_versions("name = 'mf-movielens-quick'")
     assert len(versions) == 1
-    assert ws.client.get_model_version_by_alias("mf-movielens", "champion").version == versions[0].version
+    assert ws.client.get_model_version_by_alias("mf-movielens-quick", "champion").version == versions[0].version
     (parent,) = ws.parents()
     assert parent.info.status == "FINISHED"
     logged = ws.client.search_logged_models([parent.info.experiment_id])
     assert [str(m.status) for m in logged] == ["READY"]  # the half-logged one is gone, or reused
     _nothing_running(ws)
     assert ws.search("--n-trials", "2") == 0  # a rerun of the finished study changes nothing
-    assert len(ws.client.search_model_versions("name = 'mf-movielens'")) == 1
+    assert len(ws.client.search_model_versions("name = 'mf-movielens-quick'")) == 1
     assert ws.parents()[0].info.status == "FINISHED"
     _only_the_study(ws)  # the dead holder's claim was swept by the one that took over
 
@@ -98,6 +98,6 @@ def test_two_searches_started_together_in_one_folder_share_one_study(tmp_path):
     results = [(p.wait(300), p.communicate()[1]) for p in processes]
     assert [code for code, _ in results] == [0, 0], [err[-500:] for _, err in results]
     assert len(ws.parents()) == 1 and ws.parents()[0].info.status == "FINISHED"
-    assert len(ws.client.search_model_versions("name = 'mf-movielens'")) == 1
+    assert len(ws.client.search_model_versions("name = 'mf-movielens-quick'")) == 1
     _nothing_running(ws)
     _only_the_study(ws)  # the default-like search, twice at once: no marker study left

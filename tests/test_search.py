@@ -83,6 +83,16 @@ def test_the_parent_run_carries_the_study(done):
     assert all(i.dataset.digest for i in parent.inputs.dataset_inputs)
 
 
+def test_the_quick_space_registers_under_its_own_name_and_keeps_it(done, capsys):
+    assert [m.name for m in done.client.search_registered_models()] == ["mf-movielens-quick"]  # not production's
+    study = optuna.load_study(study_name="ratings-quick", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(done.root / "optuna.journal"))))
+    assert study.user_attrs["registered_model"] == "mf-movielens-quick"  # recorded from the space
+    capsys.readouterr()
+    assert done.search("--register-as", "mf-movielens") == 2  # refused before any work
+    assert "--register-as 'mf-movielens': expected 'mf-movielens-quick'" in capsys.readouterr().err
+
+
 def _pairs(ws):
     frame = pd.read_csv(ws.data)
     return np.array([[frame.user_id[0], frame.item_id[0]], [frame.user_id[5], frame.item_id[9]],
@@ -90,7 +100,7 @@ def _pairs(ws):
 
 
 def test_registered_champion_loads_by_name_without_pickle_from_elsewhere(done, tmp_path):
-    version = done.client.get_model_version_by_alias("mf-movielens", "champion")
+    version = done.client.get_model_version_by_alias("mf-movielens-quick", "champion")
     assert str(version.version) == "1"
     test_rmse = done.parents()[0].data.metrics["test_rmse"]
     assert version.description.startswith(f"test RMSE {test_rmse:.4f} on split ")  # the registry page says it
@@ -98,9 +108,9 @@ def test_registered_champion_loads_by_name_without_pickle_from_elsewhere(done, t
     script = f"""
 import json, mlflow, torch, pandas as pd, numpy as np
 pairs = np.array({pairs.tolist()}, dtype=np.int64)
-m = mlflow.pytorch.load_model("models:/mf-movielens@champion")
+m = mlflow.pytorch.load_model("models:/mf-movielens-quick@champion")
 a = m(torch.from_numpy(pairs)).detach().numpy().tolist()
-p = mlflow.pyfunc.load_model("models:/mf-movielens@champion")
+p = mlflow.pyfunc.load_model("models:/mf-movielens-quick@champion")
 b = np.asarray(p.predict(pd.DataFrame({{"user_id": pairs[:, 0], "item_id": pairs[:, 1]}}))).ravel().tolist()
 print(json.dumps([a, b]))
 """
@@ -122,7 +132,7 @@ def test_the_model_takes_named_columns_and_refuses_what_it_cannot_score(done):
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(done.uri)
-    model = mlflow.pyfunc.load_model("models:/mf-movielens@champion")
+    model = mlflow.pyfunc.load_model("models:/mf-movielens-quick@champion")
     (user, item), other = _pairs(done)[1], _pairs(done)[0]
     right = model.predict(pd.DataFrame({"user_id": [user, other[0]], "item_id": [item, other[1]]}))
     swapped = model.predict(pd.DataFrame({"item_id": [item, other[1]], "user_id": [user, other[0]]}))
@@ -162,17 +172,18 @@ def test_predict_and_recommend_commands(done, capsys, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", done.uri)
     user, item = (int(x) for x in _pairs(done)[0])
-    assert predict.main(["--user", str(user), "--item", str(item), "--json"]) == 0
+    quick = ["--model", "models:/mf-movielens-quick@champion"]  # quick.yaml's register_as, not the default
+    assert predict.main(["--user", str(user), "--item", str(item), "--json", *quick]) == 0
     rating = json.loads(capsys.readouterr().out)["rating"]
     assert 1.0 <= rating <= 5.0
-    assert recommend.main(["--user", str(user), "--top", "5", "--json"]) == 0
+    assert recommend.main(["--user", str(user), "--top", "5", "--json", *quick]) == 0
     items = json.loads(capsys.readouterr().out)["items"]
     seen = pd.read_csv(done.data).query("user_id == @user").item_id
     assert len(items) == 5 and [i["rating"] for i in items] == sorted((i["rating"] for i in items), reverse=True)
     assert len(set(i["item_id"] for i in items) & set(seen)) <= 1  # only a test-set item can reappear
-    assert recommend.main(["--user", "123456"]) == 2
+    assert recommend.main(["--user", "123456", *quick]) == 2
     assert "user 123456 does not exist" in capsys.readouterr().err
-    assert predict.main(["--user", str(user), "--item", "1", "--model", "models:/mf-movielens@nobody"]) == 2
+    assert predict.main(["--user", str(user), "--item", "1", "--model", "models:/mf-movielens-quick@nobody"]) == 2
     assert "alias nobody not found" in capsys.readouterr().err
 
 
@@ -184,7 +195,7 @@ def test_serve_answers_with_the_same_numbers(done, tmp_path):
     # `mlflow models serve` execs `uvicorn` by name: the environment's bin folder must be on PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": done.uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mf-movielens@champion",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mf-movielens-quick@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -204,7 +215,7 @@ def test_serve_answers_with_the_same_numbers(done, tmp_path):
         os.killpg(server.pid, 15)
         server.wait(30)
     mlflow.set_tracking_uri(done.uri)
-    model = mlflow.pytorch.load_model("models:/mf-movielens@champion")
+    model = mlflow.pytorch.load_model("models:/mf-movielens-quick@champion")
     expected = model(torch.from_numpy(pairs)).detach().numpy()
     np.testing.assert_allclose(np.asarray(served).ravel(), expected, rtol=1e-6)
 
@@ -225,9 +236,9 @@ def test_a_rerun_resumes_the_study(ws):
     assert [p.info.run_id for p in ws.parents()] == [parent]
     numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in ws.runs() if r.info.run_id != parent)
     assert numbers == [0, 1, 2, 3, 4]  # trials 0-2 were not redone
-    versions = len(ws.client.search_model_versions("name='mf-movielens'"))
+    versions = len(ws.client.search_model_versions("name='mf-movielens-quick'"))
     assert ws.search("--n-trials", "5") == 0  # nothing left to do: no trial, no new version
-    assert len(ws.runs()) == 6 and len(ws.client.search_model_versions("name='mf-movielens'")) == versions
+    assert len(ws.runs()) == 6 and len(ws.client.search_model_versions("name='mf-movielens-quick'")) == versions
 
 
 def test_champion_moves_only_for_a_better_model_on_the_same_split(ws):
@@ -238,13 +249,13 @@ def test_champion_moves_only_for_a_better_model_on_the_same_split(ws):
     # the d2l trial 0 is in every study: a worse space still has it as its best, so cap it at trial 0
     assert ws.search("--n-trials", "1", "--study-name", "other", config=worse) == 0
     # (search_model_versions leaves aliases empty: ask each version)
-    aliases = {str(v): ws.client.get_model_version("mf-movielens", str(v)).aliases for v in (1, 2)}
-    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
-    assert str(ws.client.get_model_version_by_alias("mf-movielens", "challenger").version) == "2"
+    aliases = {str(v): ws.client.get_model_version("mf-movielens-quick", str(v)).aliases for v in (1, 2)}
+    assert str(ws.client.get_model_version_by_alias("mf-movielens-quick", "champion").version) == "1"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens-quick", "challenger").version) == "2"
     other_split = _write_space(ws.root, "other-split", split={"strategy": "random", "test": 0.1, "valid": 0.1, "seed": 9})
     assert ws.search("--n-trials", "6", "--study-name", "third", config=other_split) == 0
-    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
-    assert str(ws.client.get_model_version_by_alias("mf-movielens", "challenger").version) == "3"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens-quick", "champion").version) == "1"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens-quick", "challenger").version) == "3"
     assert {k: list(v) for k, v in aliases.items()} == {"1": ["champion"], "2": ["challenger"]}
 
 
@@ -386,7 +397,7 @@ def test_ctrl_c_or_sigterm_closes_everything_and_a_rerun_resumes(ws, signum):
     assert len(complete) == 3
     trials = _trials(ws)
     assert trials[1].user_attrs["interrupted"] and trials[2].user_attrs["retry_of"] == 1  # run again, first
-    assert str(ws.client.get_model_version_by_alias("mf-movielens", "champion").version) == "1"
+    assert str(ws.client.get_model_version_by_alias("mf-movielens-quick", "champion").version) == "1"
 
 
 def test_the_same_command_gives_the_same_study(tmp_path, monkeypatch):

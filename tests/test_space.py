@@ -40,6 +40,9 @@ def test_the_shipped_spaces_load(name):
     ({**BASE, "sampler": {"type": "tpe", "options": {"n_startup": 3}}}, "sampler.options"),
     ({**BASE, "pruner": {"type": "median", "options": {"warmup": 3}}}, "pruner.options"),
     ({**BASE, "split": {"strategy": "kfold"}}, "split.strategy"),
+    ({**BASE, "register_as": "team/model"}, "register_as: Value error, expected a registered model name without '/'"),
+    ({**BASE, "register_as": ""}, "register_as: Value error, expected a registered model name (not empty)"),
+    ({**BASE, "register_as": 7}, "register_as: Input should be a valid string (got 7)"),
     ({"params": {"optimizer": {"type": "fixed", "value": "sparse_sgd"},
                  "weight_decay": {"type": "fixed", "value": 0.1}}}, "weight_decay=0.1"),
     ({"params": {"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
@@ -145,6 +148,18 @@ def test_stack_is_how_trials_run_not_what_is_searched(tmp_path):
     assert stacked.stack == 4 and stacked.digest() == plain.digest()  # a study resumes with either
     with pytest.raises(SpaceError, match="stack"):
         load_space(_write(tmp_path, {**BASE, "stack": 0}, "c.yaml"))
+
+
+def test_a_space_names_its_registered_model_and_the_command_line_wins(tmp_path):
+    from pipeline.search.options import SearchOptions
+
+    assert [load_space(n).register_as for n in ("mf", "mf-cuda", "quick")] == [
+        "mf-movielens", "mf-movielens", "mf-movielens-quick"]  # the smoke test never registers as production
+    plain = load_space(_write(tmp_path, BASE, "a.yaml"))
+    named = load_space(_write(tmp_path, {**BASE, "register_as": "mf-mine"}, "b.yaml"))
+    assert plain.register_as == "mf-movielens" and named.digest() == plain.digest()  # where it goes, not what
+    assert SearchOptions().resolved(named).register_as == "mf-mine"
+    assert SearchOptions(register_as="mf-flag").resolved(named).register_as == "mf-flag"
 
 
 @pytest.mark.slow

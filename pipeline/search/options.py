@@ -4,11 +4,15 @@ spawned workers too) instead of the raw `argparse` result."""
 from __future__ import annotations
 
 import argparse
-import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from pipeline import ingest
+from pipeline.space.schema import DEFAULT_MODEL_NAME, MLFLOW_NAME, model_name_problem
 from pipeline.urls import masked
+
+if TYPE_CHECKING:
+    from pipeline.space import SearchSpace
 
 __all__ = ["DEFAULT_STORAGE", "MAX_STUDY_NAME", "SearchError", "SearchOptions", "check_study_name", "parser"]
 
@@ -18,7 +22,6 @@ DEFAULT_STORAGE = "optuna.journal"
 OPTUNA_STUDY_NAME = 512  # optuna's studies.study_name column
 MARKER_SUFFIX = 64  # the longest lease marker's tail ":mlflow-parent-after-<run id>#<attempt>" (lease.py)
 MLFLOW_RUN_NAME = 250  # MLflow's runs.name: the study's parent run is named after it
-MLFLOW_NAME = 256  # MLflow's experiments.name and registered_models.name columns
 MAX_STUDY_NAME = min(MLFLOW_RUN_NAME, OPTUNA_STUDY_NAME - MARKER_SUFFIX)
 
 
@@ -39,7 +42,8 @@ class SearchOptions:
     storage: str = DEFAULT_STORAGE
     tracking_uri: str | None = None
     experiment: str = "pipeline"
-    register_as: str = "mf-movielens"
+    register_as: str | None = None
+    """The registered model's name; None: the space's `register_as` (`resolved`)."""
     device: str | None = None
     seed: int = 0
     workers: int = 1
@@ -83,6 +87,11 @@ class SearchOptions:
             raise SearchError(f"--tracking-uri {masked(self.tracking_uri)}: expected another database than "
                               "--storage's (MLflow and Optuna each migrate their own schema, both in alembic_version)")
 
+    def resolved(self, space: SearchSpace) -> SearchOptions:
+        """These options with the space's `register_as` where the command named none: the
+        command's --register-as wins over the space's."""
+        return self if self.register_as is not None else replace(self, register_as=space.register_as)
+
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> SearchOptions:
         """Parse a command line (argparse exits 2 on a malformed flag); raises SearchError on a bad value."""
@@ -116,26 +125,9 @@ def _check_experiment(name: str) -> None:
         raise SearchError(f"--experiment {_shown(name)}: expected at most {MLFLOW_NAME} characters")
 
 
-def _check_model_name(name: str) -> None:
-    """MLflow's rule for registered model names (mlflow.utils.validation._validate_model_name,
-    private, so restated here; tests/test_names.py holds the two together), the registry's
-    column length, and what MLflow's search filters can quote (registry.filter_literal)."""
-    normal = posixpath.normpath(name)
-    if not name.strip():
-        why = "a registered model name (not empty)"
-    elif "/" in name or ":" in name:
-        why = "a registered model name without '/' or ':' (MLflow's rule)"
-    elif normal != name or normal == "." or normal.startswith(".."):
-        why = "a registered model name other than '.' and not starting with '..' (MLflow's rule)"
-    elif len(name) > MLFLOW_NAME:
-        why = f"at most {MLFLOW_NAME} characters"
-    elif "'" in name and '"' in name:
-        why = "a name without both ' and \" (MLflow's search filters cannot quote it)"
-    elif name.endswith("\\"):
-        why = "a name not ending in a backslash (MLflow's search filters cannot quote it)"
-    else:
-        return
-    raise SearchError(f"--register-as {_shown(name)}: expected {why}")
+def _check_model_name(name: str | None) -> None:
+    if name is not None and (why := model_name_problem(name)):
+        raise SearchError(f"--register-as {_shown(name)}: expected {why}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
                    help="Optuna storage: a journal file path (default optuna.journal) or a database URL")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's)")
     p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
-    p.add_argument("--register-as", default=d.register_as, help="registered model name")
+    p.add_argument("--register-as", help="registered model name (default: the space's register_as, "
+                                          f"{DEFAULT_MODEL_NAME} where it names none)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--seed", type=int, default=d.seed, help="sampler and training seed")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes on this machine, sharing the study")

@@ -81,6 +81,7 @@ def prepare(options: SearchOptions, tracker_wait: float = 0.0) -> Session:
         raise SearchError(f"--{exc}") from None
     space_path = space_file(options.config or default_space(device))
     space = load_space(space_path)
+    options = options.resolved(space)  # the space's register_as unless --register-as names one
     database = check_storage(options.storage, options.heartbeat, options.grace)
     # --dataset replaces the space's dataset, its options with it; the source flags apply to either.
     declared = {} if options.dataset else space.dataset.options()

@@ -1,10 +1,12 @@
 """The search space's schema: strict pydantic models of a YAML file (data, parameters, budget,
-sampler, pruner), checked when loaded; a typo fails before any training, naming the key."""
+sampler, pruner, registered model name), checked when loaded; a typo fails before any training,
+naming the key."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import warnings
 from typing import Annotated, Any, Literal
 
@@ -16,11 +18,38 @@ from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
 from pipeline.training import TrainConfig
 
-__all__ = ["SEARCHABLE", "CategoricalParam", "ConditionalParam", "Distribution", "FixedParam", "FloatParam", "IntParam",
-           "SearchSpace", "SpaceError", "default_space", "default_stack"]
+__all__ = ["DEFAULT_MODEL_NAME", "MLFLOW_NAME", "SEARCHABLE", "CategoricalParam", "ConditionalParam", "Distribution",
+           "FixedParam", "FloatParam", "IntParam", "SearchSpace", "SpaceError", "default_space", "default_stack",
+           "model_name_problem"]
 
 # TrainConfig fields a space may set; epochs and patience are set at the top level.
 SEARCHABLE = tuple(name for name in TrainConfig.model_fields if name not in ("epochs", "patience"))
+
+DEFAULT_MODEL_NAME = "mf-movielens"
+"""What a study registers as when neither its space (`register_as:`) nor --register-as names one."""
+MLFLOW_NAME = 256  # MLflow's experiments.name and registered_models.name columns
+
+
+def model_name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a registered model name ("expected ..."'s tail), or None.
+
+    MLflow's rule (mlflow.utils.validation._validate_model_name, private, so restated here;
+    tests/test_names.py holds the two together), the registry's column length, and what MLflow's
+    search filters can quote (registry.filter_literal)."""
+    normal = posixpath.normpath(name)
+    if not name.strip():
+        return "a registered model name (not empty)"
+    if "/" in name or ":" in name:
+        return "a registered model name without '/' or ':' (MLflow's rule)"
+    if normal != name or normal == "." or normal.startswith(".."):
+        return "a registered model name other than '.' and not starting with '..' (MLflow's rule)"
+    if len(name) > MLFLOW_NAME:
+        return f"at most {MLFLOW_NAME} characters"
+    if "'" in name and '"' in name:
+        return "a name without both ' and \" (MLflow's search filters cannot quote it)"
+    if name.endswith("\\"):
+        return "a name not ending in a backslash (MLflow's search filters cannot quote it)"
+    return None
 
 
 class SpaceError(ValueError):
@@ -138,7 +167,7 @@ class SamplerSpec(_Strict):
 
 
 class PrunerSpec(_Strict):
-    type: Literal["median", "hyperband", "none"] = "median"
+    type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     options: dict[str, Any] = {}
 
 
@@ -160,8 +189,19 @@ class SearchSpace(_Strict):
     stack: int | None = Field(None, ge=1)
     """Trials trained together where their configs can share a stack (pipeline.training); None: by
     device (`default_stack`). How trials run, not what is searched: not part of the digest."""
+    register_as: str = DEFAULT_MODEL_NAME
+    """The registered model's name (MLflow's rule; --register-as wins over it). Where the study's
+    model goes, not what is searched: not part of the digest (the study records the name it was
+    created with and refuses another)."""
     name: str = "custom"
     """The file's stem: part of the default study name."""
+
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if why := model_name_problem(value):
+            raise ValueError(f"expected {why}")
+        return value
 
     @model_validator(mode="after")
     def _params(self):
@@ -186,7 +226,7 @@ class SearchSpace(_Strict):
 
     def digest(self) -> str:
         """sha256 of the space's content (not its file name): a study is tied to one digest."""
-        blob = json.dumps(self.model_dump(exclude={"name", "stack"}), sort_keys=True, default=str)
+        blob = json.dumps(self.model_dump(exclude={"name", "stack", "register_as"}), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -203,6 +243,7 @@ class SearchSpace(_Strict):
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         cls = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                "none": optuna.pruners.NopPruner}[self.pruner.type]
         return cls(**self.pruner.options)
 
