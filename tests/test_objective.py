@@ -10,12 +10,14 @@ import torch
 from optuna.trial import FixedTrial, TrialState, create_trial
 
 from pipeline.evaluate import baselines
+from pipeline.model import ITEM_BIAS, MatrixFactorization
+from pipeline.ranking import VALID_RANKING, ranking_metrics
 from pipeline.search.batch import ask_batch, run_batch
 from pipeline.search.objective import Objective, OverCap, ending
 from pipeline.search.study import Cap
 from pipeline.space import load_space
 from pipeline.tracking import TrackingError
-from pipeline.training import TrainConfig, TrainingDiverged
+from pipeline.training import FitResult, TrainConfig, TrainingDiverged
 
 PARAMS = {"optimizer": "sparse_sgd", "factors": 8, "lr.sparse_sgd": 0.02, "l2": 0.05, "batch_size": 256}
 
@@ -82,6 +84,27 @@ def test_the_reference_trial_is_the_d2l_configuration(small_split):
     assert run.ended == [("FINISHED", {"optuna.state": "COMPLETE"})]
     assert [e for e, _ in run.epochs] == list(range(1, len(run.epochs) + 1))
     assert run.final["best_valid_rmse"] == pytest.approx(min(v["valid_rmse"] for _, v in run.epochs))
+
+
+def test_a_complete_trial_records_its_ranking_on_valid(small_split):
+    trial, tracker = FixedTrial(PARAMS), RecordingTracker()
+    objective = _objective(small_split, tracker)
+    assert _run(objective, trial)[0].state == TrialState.COMPLETE
+    ranks = {key: trial.user_attrs[key] for key in VALID_RANKING}
+    assert ranks == {key: tracker.run.final[key] for key in VALID_RANKING}  # user attrs and the run's metrics
+    assert all(0 < value <= 1 for value in ranks.values()), ranks
+    # the same function the champion is scored with on test: train's items excluded, valid >= 4 relevant
+    model = ranked_by_item(small_split.dims["n_users"], small_split.dims["n_items"])
+    expected = ranking_metrics(model, small_split.part("train"), small_split.part("valid"))
+    assert objective.valid_ranking(FitResult(model=model)) == {f"valid_{k}": v for k, v in expected.items()}
+
+
+def ranked_by_item(n_users, n_items):
+    """A model that ranks items by their row, the same for every user."""
+    model = MatrixFactorization(n_users, n_items, 0, 3.0)
+    with torch.no_grad():
+        model.items[:-1, ITEM_BIAS] = -torch.arange(n_items, dtype=torch.float32)
+    return model
 
 
 @pytest.mark.parametrize("outcome,state,status,note,fatal", [

@@ -55,3 +55,20 @@ def test_the_popularity_baseline_ranks_by_fitted_rows():
     assert order == [2, 0, 1, 3]
     held = rows((0, 0, 5.0), (1, 3, 4.0))  # user 0's unseen: 0, 3 -> 0 first; user 1's unseen: 1, 3 -> 1 first
     assert ranking_metrics(model, seen, held, k=1)["recall_at_1"] == pytest.approx(0.5)
+
+
+def test_a_factor_model_ranks_as_its_forward_scores():
+    """The score matrix (one matmul per chunk of users) ranks as `forward`'s pair scores do."""
+    generator = torch.Generator().manual_seed(0)
+    model = MatrixFactorization(30, 40, 4, 3.5)
+    model.reset_parameters(generator, std=0.5)
+    seen = rows(*((u, (3 * u) % 40, 4.0) for u in range(30)))
+    held = rows(*((u, (7 * u + k) % 40, 5.0) for u in range(30) for k in range(3)))
+    got = ranking_metrics(model, seen, held, k=5)
+    hits, items = [], torch.arange(40)
+    for user in range(30):
+        scores = model(torch.full((40,), user), items).detach()
+        scores[(3 * user) % 40] = -math.inf
+        top = set(scores.topk(5).indices.tolist())
+        hits.append(len(top & {(7 * user + k) % 40 for k in range(3)}) / 3)
+    assert got["recall_at_5"] == pytest.approx(sum(hits) / 30)

@@ -83,6 +83,22 @@ def test_the_parent_run_carries_the_study(done):
     assert all(i.dataset.digest for i in parent.inputs.dataset_inputs)
 
 
+def test_every_complete_trial_has_its_ranking_on_valid(done):
+    parent = done.parents()[0]
+    children = [r for r in done.runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    keys = ("valid_ndcg_at_10", "valid_recall_at_10", "valid_map_at_10")
+    for child in children:
+        complete = child.data.tags["optuna.state"] == "COMPLETE"
+        assert all((0 <= child.data.metrics[k] <= 1) if complete else k not in child.data.metrics for k in keys)
+    local = done.client.download_artifacts(parent.info.run_id, "trials.csv", str(done.root))
+    trials = pd.read_csv(local)
+    complete = trials[trials.state == "COMPLETE"]
+    assert len(complete) and complete[list(keys)].notna().all().all()  # the trials table has them
+    view = next(v for k, v in done.client.get_experiment(parent.info.experiment_id).tags.items()
+                if k.startswith("mlflow.sharedViewState."))
+    assert all(f"metrics.`{k}`" in json.loads(view)["selectedColumns"] for k in keys)  # and the comparison view
+
+
 def test_the_quick_space_registers_under_its_own_name_and_keeps_it(done, capsys):
     assert [m.name for m in done.client.search_registered_models()] == ["mf-movielens-quick"]  # not production's
     study = optuna.load_study(study_name="ratings-quick", storage=optuna.storages.JournalStorage(

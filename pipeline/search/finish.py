@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, biases_only, evaluate
-from pipeline.ranking import popularity_model, ranking_metrics
+from pipeline.ranking import VALID_RANKING, popularity_model, ranking_metrics
 from pipeline.split import Split
 from pipeline.tracking import Tracker
 from pipeline.training import TrainConfig, refit
@@ -67,6 +67,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
+        "best_valid_ranking": {key: best.user_attrs[key] for key in VALID_RANKING if key in best.user_attrs},
         "test_rmse": test.rmse, "test_mae": test.mae, **ranks, "reference": references,
         "trials": {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState},
         "plots": figures, "plots_skipped": skipped, "model_uri": uri,
@@ -77,12 +78,14 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
 
 
 def _trials_csv(study: optuna.Study) -> str:
-    """One row per trial: number, state, valid RMSE, best epoch, seconds, and every TrainConfig
-    field as trained (trial 0's too: the reference configuration is not Optuna's to suggest)."""
+    """One row per trial: number, state, valid RMSE, best epoch, seconds, the valid ranking metrics
+    (complete trials; `Objective.valid_ranking`), and every TrainConfig field as trained (trial 0's
+    too: the reference configuration is not Optuna's to suggest)."""
     import pandas as pd
 
     return pd.DataFrame([{
         "number": t.number, "state": t.state.name, "valid_rmse": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
+        **{key: t.user_attrs.get(key) for key in VALID_RANKING},
         "seconds": t.duration.total_seconds() if t.duration else None, **t.user_attrs.get("config", {}),
     } for t in study.trials]).to_csv(index=False)
 

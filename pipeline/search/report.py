@@ -36,7 +36,8 @@ def print_summary(s: dict, tracking_uri: str) -> None:
     rows = [("best (refit on train+valid)", s)]
     rows += [(f"reference: {k.replace('_', ' ')}", v) for k, v in s["reference"].items()]
     print(f"\nstudy {s['study']}: trials {', '.join(f'{n} {k}' for k, n in s['trials'].items() if n)}")
-    print(f"best trial {s['best_trial']}: valid RMSE {s['best_valid_rmse']:.4f} at epoch {s['best_epoch']}")
+    ranks = "".join(f", valid {_COLUMNS[k.removeprefix('valid_')]} {v:.4f}" for k, v in s.get("best_valid_ranking", {}).items())
+    print(f"best trial {s['best_trial']}: valid RMSE {s['best_valid_rmse']:.4f} at epoch {s['best_epoch']}{ranks}")
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in s["best_params"].items() if v is not None))
     print(f"\n{'model':<34}" + "".join(f"{title:>10}" for title in _COLUMNS.values()))
