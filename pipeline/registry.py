@@ -74,9 +74,9 @@ class Registry:
             self.client.delete_logged_model(model.model_id)
         return len(unfinished)
 
-    def log_model(self, folder: Path, key: dict[str, str]) -> str:
-        """Log the MLflow model folder `folder` as a new model of the run, tagged `key`: its URI."""
-        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id, tags=key)
+    def log_model(self, folder: Path, key: dict[str, str], name: str = "model") -> str:
+        """Log the MLflow model folder `folder` as a new model `name` of the run, tagged `key`: its URI."""
+        model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id, tags=key)
         self.client.log_model_artifacts(model.model_id, str(folder))
         self.client.finalize_logged_model(model.model_id, "READY")
         return f"models:/{model.model_id}"

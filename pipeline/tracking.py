@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.registry import Registry
@@ -237,11 +237,13 @@ class Tracker:
     def _registry(self) -> Registry:
         return Registry(self.client, self.experiment_id, self.parent_id)
 
-    def log_model(self, folder, key: dict[str, str]) -> str:
-        """Log the MLflow model folder `folder` (see bundle.save_model) as a model of the parent
-        run, tagged `key`; returns its URI. Idempotent per `key` (e.g. study and best trial): a
-        READY model an earlier, interrupted finish logged is reused; otherwise the copies it left
-        half-logged are discarded (a step of its own) and the model is logged."""
+    def log_model(self, folder, key: dict[str, str], name: str = "model",
+                  metrics: dict[str, float] | None = None) -> str:
+        """Log the MLflow model folder `folder` (see bundle.save_model) as the model `name` of the
+        parent run, tagged `key`, and link it (`link_model`, with `metrics`); returns its URI.
+        Idempotent per `key` (e.g. study and best trial): a READY model an earlier, interrupted
+        finish logged is reused; otherwise the copies it left half-logged are discarded (a step of
+        its own) and the model is logged."""
         registry = self._registry()
         with self._reported("looking for an earlier copy of the model"):
             uri = registry.find_logged_model(key)
@@ -249,8 +251,24 @@ class Tracker:
             with self._reported("discarding a half-logged copy of the model"):
                 registry.discard_unfinished_models(key)
             with self._reported("logging the model"):
-                uri = registry.log_model(folder, key)
+                uri = registry.log_model(folder, key, name)
+        self.link_model(uri, metrics or {})
         return uri
+
+    def link_model(self, model_uri: str, metrics: dict[str, float]) -> None:
+        """MLflow 3's links of a logged model `models:/<id>`: the parent run's output (its "Logged
+        models") and `metrics` as the model's (the Models tab's and its registered versions'
+        columns), logged to the parent run with the model's id, so the run has them too, once.
+        Once each: a retried finish that reuses the model adds neither again."""
+        model_id = model_uri.removeprefix("models:/")
+        with self._reported("linking the model to the study's run"):
+            outputs = self.client.get_run(self.parent_id).outputs
+            if model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:
+                self.client.log_outputs(self.parent_id, [LoggedModelOutput(model_id, step=0)])
+            if metrics and not self.client.get_logged_model(model_id).metrics:
+                now = _now_ms()
+                self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
+                                                               for k, v in metrics.items()])
 
     def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
                  key: dict[str, str]) -> tuple[str, str]:

@@ -99,6 +99,39 @@ def test_every_complete_trial_has_its_ranking_on_valid(done):
     assert all(f"metrics.`{k}`" in json.loads(view)["selectedColumns"] for k in keys)  # and the comparison view
 
 
+def test_the_champion_is_the_parent_runs_logged_model_with_its_test_metrics(done):
+    parent = done.client.get_run(done.parents()[0].info.run_id)  # search_runs leaves the outputs out
+    models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{parent.info.run_id}'")
+    assert [m.name for m in models] == [f"trial-{parent.data.tags['best_trial']}"]
+    model = models[0]
+    assert [o.model_id for o in parent.outputs.model_outputs] == [model.model_id]  # the run's "Logged models"
+    linked = {m.key: m for m in model.metrics}  # the Models tab's columns
+    for key in ("test_rmse", "test_mae", "ndcg_at_10", "recall_at_10", "map_at_10"):
+        assert linked[key].value == parent.data.metrics[key] and linked[key].run_id == parent.info.run_id
+        assert len(done.client.get_metric_history(parent.info.run_id, key)) == 1  # logged once, with the model
+    # the registered version is this model (SQLite's registry keeps its source, not its model_id)
+    assert done.client.get_model_version_by_alias("mf-movielens-quick", "champion").source == model.artifact_location
+
+
+def test_a_retried_finish_links_its_reused_model_once(mlflow_store, tmp_path):
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker.connect(mlflow_store, "unit")
+    parent = tracker.create_parent("study", {})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors: {}\n")
+    key = {"optuna.study_name": "s", "optuna.best_trial": "3"}
+    uri = tracker.log_model(folder, key, name="trial-3", metrics={"test_rmse": 0.9})
+    assert tracker.log_model(folder, key, name="trial-3", metrics={"test_rmse": 0.8}) == uri  # reused, not relinked
+    run = tracker.client.get_run(parent)
+    assert [o.model_id for o in run.outputs.model_outputs] == [uri.removeprefix("models:/")]
+    assert [(m.key, m.value) for m in tracker.client.get_logged_model(uri.removeprefix("models:/")).metrics] == [
+        ("test_rmse", 0.9)]
+    assert [m.value for m in tracker.client.get_metric_history(parent, "test_rmse")] == [0.9]
+
+
 def test_the_quick_space_registers_under_its_own_name_and_keeps_it(done, capsys):
     assert [m.name for m in done.client.search_registered_models()] == ["mf-movielens-quick"]  # not production's
     study = optuna.load_study(study_name="ratings-quick", storage=optuna.storages.JournalStorage(

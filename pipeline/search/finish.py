@@ -57,13 +57,14 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     figures, skipped = _log_figures(study, tracker)
     steps("logging the trials and scores")
     tracker.log_text(_trials_csv(study), "trials.csv")
-    tracker.log_parent(
+    tracker.log_parent(  # the champion's own scores go with its model (_log_and_register)
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
-        metrics={"study_best_valid_rmse": best.value, "test_rmse": test.rmse, "test_mae": test.mae, **ranks,
+        metrics={"study_best_valid_rmse": best.value,
                  **{f"reference.{k}_{m}": v for k, scores in references.items() for m, v in scores.items()}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
-    uri, version, alias = _log_and_register(model, data, tracker, test.rmse, register_as, key, steps)
+    scores = {"test_rmse": test.rmse, "test_mae": test.mae, **ranks}
+    uri, version, alias = _log_and_register(model, data, tracker, scores, register_as, key, steps)
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
@@ -138,9 +139,10 @@ def _log_figures(study: optuna.Study, tracker: Tracker) -> tuple[list[str], dict
     return sorted(figures), skipped
 
 
-def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, register_as: str, key: dict,
+def _log_and_register(model, data: Split, tracker: Tracker, scores: dict, register_as: str, key: dict,
                       steps: Steps):
-    """Log the model (the raw-id scorer and its files, see bundle.py) and register it, once per
+    """Log the model (the raw-id scorer and its files, see bundle.py) as `trial-<n>`, the parent
+    run's output, with its test `scores` (logged to the parent run too), and register it, once per
     `key` (study, best trial) however often a finish is retried: (model uri, version, alias)."""
     steps("logging the model")
     seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
@@ -149,9 +151,9 @@ def _log_and_register(model, data: Split, tracker: Tracker, test_rmse: float, re
                    titles=data.ratings.item_titles, dataset=data.ratings.name,
                    metadata={"split_fingerprint": data.fingerprint, "dataset": data.ratings.name},
                    features={"user": data.ratings.user_features, "item": data.ratings.item_features})
-        uri = tracker.log_model(Path(tmp) / "model", key)
+        uri = tracker.log_model(Path(tmp) / "model", key, name=f"trial-{key['optuna.best_trial']}", metrics=scores)
     steps(f"registering as {register_as}")
-    version, alias = tracker.register(uri, register_as, test_rmse, data.fingerprint, key)
+    version, alias = tracker.register(uri, register_as, scores["test_rmse"], data.fingerprint, key)
     return uri, version, alias
 
 
