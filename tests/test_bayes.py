@@ -47,9 +47,10 @@ def _fold(users: int, items: int, density: float, seed: int) -> Side:
 
 
 def _dense(side: Side, S: torch.Tensor, lam: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The block's precision H = Λ ⊗ I + α Σ_u a_u a_uᵀ ⊗ S_u, (cols d, cols d), rows of W flattened."""
+    """The block's precision H = Λ ⊗ I + α Σ_u a_u a_uᵀ ⊗ S_u, (cols d, cols d), rows of W flattened;
+    lam (d,) for every row or (cols, d) per row."""
     A = side.A.to_dense().double()
-    H = torch.kron(torch.eye(side.other_rows, dtype=torch.float64), torch.diag(lam.double()))
+    H = torch.diag(lam.double().expand(side.other_rows, S.shape[1]).reshape(-1))
     for u in range(side.rows):
         H += alpha * torch.kron(A[u, :, None] * A[u, None, :], S[u].double())
     return H
@@ -86,7 +87,9 @@ def test_the_preconditioner_inverts_the_kronecker_approximation_exactly_where_it
     np.testing.assert_allclose(precondition(r), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_a_converged_block_draw_has_the_conditional_mean_and_covariance(monkeypatch):
+@pytest.mark.parametrize("per_row", [False, True])
+def test_a_converged_block_draw_has_the_conditional_mean_and_covariance(monkeypatch, per_row):
+    """One prior for the block, or one per row (the feature groups drawn as one block)."""
     monkeypatch.setattr(block_draw, "_CG_ITERATIONS", 20)  # 21 unknowns: CG is exact by then
     side, g = _fold(9, 7, 0.4, seed=2), torch.Generator().manual_seed(2)
     X = torch.randn(9, 5, 3, generator=g)
@@ -94,6 +97,9 @@ def test_a_converged_block_draw_has_the_conditional_mean_and_covariance(monkeypa
     L = torch.linalg.cholesky(S + 1e-6 * torch.eye(3))
     t, alpha = torch.randn(9, 3, generator=g), 1.3
     mean, lam = torch.tensor([0.5, 0.0, -0.5]), torch.tensor([2.0, 1.0, 4.0])
+    if per_row:  # rows 0-2 one group, 3-6 another with other means and 3x the precision
+        mean = torch.cat([mean.expand(3, -1), (mean + 1).expand(4, -1)])
+        lam = torch.cat([lam.expand(3, -1), (3 * lam).expand(4, -1)])
     basis = block_draw.FoldBasis(side, _observations(side), g, cap=3)  # partial: the complement is used
     draws = []
     for _ in range(800):

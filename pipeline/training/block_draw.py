@@ -71,7 +71,8 @@ def draw_block(W: torch.Tensor, fold: Fold, S: torch.Tensor, residual: torch.Ten
                prior: tuple[torch.Tensor, torch.Tensor], basis: FoldBasis, generator) -> torch.Tensor:
     """A draw of the block W (cols, d) given everything else: H W = Λμ + Λ^½ε + Aᵀ·residual, solved
     by preconditioned CG warm-started from W. S (rows, d, d); residual (rows, d), already perturbed
-    by the targets' noise; prior (μ, Λ): (d,) each."""
+    by the targets' noise; prior (μ, Λ): (d,) each, or (cols, d) each for a prior per row (a block of
+    groups: the preconditioner then whitens by their mean precision; the draw stays exact)."""
     mean, lam = prior
     b = lam * mean + lam.sqrt() * torch.randn(W.shape, generator=generator, device=W.device) + fold.unfold(residual)
 
@@ -79,7 +80,8 @@ def draw_block(W: torch.Tensor, fold: Fold, S: torch.Tensor, residual: torch.Ten
         return lam * x + alpha * fold.unfold((S @ fold.fold(x)[:, :, None]).squeeze(2))
 
     diagonal = lam + alpha * (fold.A2t @ torch.diagonal(S, dim1=1, dim2=2))
-    precondition = basis.preconditioner(lam, alpha, S.sum(0) / basis.observations, diagonal)
+    typical = lam if lam.dim() == 1 else lam.mean(0)
+    precondition = basis.preconditioner(typical, alpha, S.sum(0) / basis.observations, diagonal)
     x = W.clone()
     r = b - apply(x)
     z = precondition(r)

@@ -33,6 +33,19 @@ class Fold:
         return cls(r, torch.from_numpy(block.col).to(device), torch.from_numpy(block.values).to(device),
                    block.shape[0], block.shape[1], const)
 
+    @classmethod
+    def joined(cls, folds: list[Fold]) -> Fold:
+        """The folds (of one side: same rows, same const) side by side: (rows, Σ cols), fold k's
+        columns after those of folds 0..k-1."""
+        pairs, offset = [], 0
+        for fold in folds:
+            crow = fold.A.crow_indices()
+            r = torch.repeat_interleave(torch.arange(fold.rows, device=crow.device), crow.diff())
+            pairs.append((r, fold.A.col_indices() + offset, fold.A.values()))
+            offset += fold.other_rows
+        r, c, values = (torch.cat(column) for column in zip(*pairs))
+        return cls(r, c, values, folds[0].rows, offset, folds[0].const)
+
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """(rows, cols) CSR with one value per pair (in pair order)."""
         order, crow, col = self._by_own

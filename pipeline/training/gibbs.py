@@ -11,8 +11,8 @@ per table and column, as in libFM's MCMC; Rendle 2012), the noise precision a Ga
 
 One sweep, per side (users, then items), given the other side's totals:
 - own rows: each row's conditional is Gaussian with a (d, d) precision: one batched Cholesky;
-- each block (the implicit one, then each feature group), given the rest: its rows share
-  observations, so the block is drawn jointly by perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
+- each block (the implicit one, then all feature groups together, each with its own prior), given
+  the rest: its rows share observations, so the block is drawn jointly by perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
   noise and solve the normal equations by CG (preconditioned with the fold's top eigenvectors,
   found once per fit), whose exact solution is an exact draw.
 All of it is gathers, `index_add_` and batched linear algebra: the same code on a CPU and a GPU.
@@ -42,8 +42,9 @@ _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
 
 class _Sampler:
     """The chain's state: the own tables P, Q (augmented rows), each side's blocks (`blocks[side]`:
-    (fold, table, preconditioner basis), the implicit block first, then the feature groups of
-    `folds[side]`), hyperparameters, the noise precision."""
+    (fold, table, preconditioner basis, prior groups' sizes): the implicit block (one group), then
+    the feature groups of `folds[side]` side by side (one block, a prior per group; one draw is
+    a third of the cost of one per group)), hyperparameters, the noise precision."""
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
                  init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None) -> None:
@@ -66,10 +67,12 @@ class _Sampler:
         # before any sweep).
         self.blocks = {}
         for name, side in (("user", self.user), ("item", self.item)):
-            chosen = ([side] if implicit in (name, "both") else []) + list((folds or {}).get(name, []))
+            groups = (folds or {}).get(name, [])
+            chosen = [(side, [side.other_rows])] if implicit in (name, "both") else []
+            chosen += [(Fold.joined(groups), [g.other_rows for g in groups])] if groups else []
             observations = torch.bincount(side.own, minlength=side.rows)
             self.blocks[name] = [(fold, torch.zeros(fold.other_rows, width, device=device),
-                                  FoldBasis(fold, observations, generator)) for fold in chosen]
+                                  FoldBasis(fold, observations, generator), sizes) for fold, sizes in chosen]
         self._constants()
 
     def _constants(self) -> None:
@@ -77,19 +80,19 @@ class _Sampler:
         for table, side in ((self.P, self.user), (self.Q, self.item)):
             table[~side.has_data] = 0.0
             table[:, side.const] = 1.0
-        for fold, table, _ in self.blocks["user"] + self.blocks["item"]:
+        for fold, table, *_ in self.blocks["user"] + self.blocks["item"]:
             table[~fold.other_has_data] = 0.0  # block rows no row reads
             table[:, fold.const] = 0.0
 
     def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """U = P + A Y + Σ F_g W_g and V = Q + C Z + Σ G_g X_g: (n_users + 1, K + 2), (n_items + 1, K + 2)."""
-        return tuple(sum((fold.fold(table) for fold, table, _ in self.blocks[side]), own)
+        return tuple(sum((fold.fold(table) for fold, table, *_ in self.blocks[side]), own)
                      for own, side in ((self.P, "user"), (self.Q, "item")))
 
     def feature_tables(self) -> dict[str, list[torch.Tensor]]:
         """Copies of the feature groups' tables per side (`MatrixFactorization.side_tables`' layout)."""
-        return {side: [table.clone() for fold, table, _ in self.blocks[side] if not isinstance(fold, Side)]
-                for side in SIDES if any(not isinstance(fold, Side) for fold, _, _ in self.blocks[side])}
+        return {side: list(table.split(sizes)) for side in SIDES
+                for fold, table, _, sizes in self.blocks[side] if not isinstance(fold, Side)}
 
     def sweep(self) -> float:
         """One Gibbs sweep; returns the train MSE of the new sample."""
@@ -117,18 +120,18 @@ class _Sampler:
         # Per own row: S = Σ X_j X_jᵀ and t = Σ (r − μ − the other side's bias) X_j over its rows.
         S = (side.B @ (X[:, :, None] * X[:, None, :]).reshape(-1, d * d)).reshape(-1, d, d)
         t = side.matrix(self.target) @ X - side.B @ (other_total[:, side.const, None] * X)
-        folded = [fold.fold(table)[:, side.learned] for fold, table, _ in blocks]  # each block's part of the rows
+        folded = [fold.fold(table)[:, side.learned] for fold, table, *_ in blocks]  # each block's part of the rows
         offset = sum(folded, torch.zeros_like(t))
         mean, lam = _hyper(own[side.has_data][:, side.learned], self.g)
         precision = torch.diag_embed(lam.expand_as(t)) + self.alpha * S
         rhs = lam * mean + self.alpha * (t - (S @ offset[:, :, None]).squeeze(2))
         own[:, side.learned] = _gaussian(precision, rhs, self.g)
-        for b, (fold, table, basis) in enumerate(blocks):
+        for b, (fold, table, basis, sizes) in enumerate(blocks):
             rest = sum((part for c, part in enumerate(folded) if c != b), own[:, side.learned])
             # Σ X_j ε_j over each own row's observations: the targets' noise, for the joint draw.
             noise = side.matrix(torch.randn(len(side.own), generator=self.g, device=X.device)) @ X
             residual = self.alpha * (t - (S @ rest[:, :, None]).squeeze(2)) + self.alpha.sqrt() * noise
-            prior = _hyper(table[fold.other_has_data][:, side.learned], self.g)
+            prior = _group_priors(table[:, side.learned], fold.other_has_data, sizes, self.g)
             table[:, side.learned] = draw_block(table[:, side.learned], fold, S, residual, self.alpha, prior,
                                                 basis, self.g)
             folded[b] = fold.fold(table)[:, side.learned]
@@ -142,11 +145,22 @@ def _gamma(shape, rate, generator) -> torch.Tensor:
     return torch._standard_gamma(shape, generator=generator) / rate
 
 
+def _group_priors(table: torch.Tensor, read: torch.Tensor, sizes: list[int], generator):
+    """Per row of a block (n, d) whose rows are groups of `sizes`: its group's (mean, precision),
+    each drawn from the rows some entity reads (`read`, (n,) bool): (d,) each for one group,
+    (n, d) each for several."""
+    if len(sizes) == 1:
+        return _hyper(table[read], generator)
+    drawn = [_hyper(rows[used], generator) for rows, used in zip(table.split(sizes), read.split(sizes))]
+    return tuple(torch.cat([x.expand(n, -1) for x, n in zip(column, sizes)]) for column in zip(*drawn))
+
+
 def _hyper(x: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, precision) per column of the rows x (m, d), drawn from their Normal-Gamma posterior."""
+    """(mean, precision) per column of the rows x (m, d), drawn from their Normal-Gamma posterior
+    (m = 0: from the prior)."""
     m = x.shape[0]
     x = x.double()
-    xbar = x.mean(0)
+    xbar = x.sum(0) / max(m, 1)
     kappa = _KAPPA0 + m
     rate = _B0 + 0.5 * (x - xbar).square().sum(0) + _KAPPA0 * m * xbar.square() / (2 * kappa)
     lam = _gamma(torch.full_like(xbar, _A0 + m / 2), rate, generator)
