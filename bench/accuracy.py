@@ -96,6 +96,19 @@ def _with_search(out: dict, seed: int, run_search: bool) -> dict:
     return out
 
 
+def _myfm_rows(seeds: list[int]) -> dict:
+    """myFM's rows from bench/results/peers_bayes.json (same splits, fitted on train+valid, scored
+    on test; `python bench/peers_bayes.py`), shown beside ours; {} where it has other seeds."""
+    path = Path(__file__).parent / "results" / "peers_bayes.json"
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    if record.get("seeds") != seeds:
+        return {}
+    return {f"{name} (peers_bayes.json)": {k: row[k] for k in ("rmse_mean", "mae_mean", "rmse_per_seed")}
+            for name, row in record["table"].items() if name.startswith("myFM")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -119,11 +132,15 @@ def main() -> None:
                        "mae_sd": sd(mae), "rmse_per_seed": rmse}
         print(f"{name:<44} {statistics.mean(rmse):.4f} ± {sd(rmse):.4f}   {statistics.mean(mae):.4f} ± {sd(mae):.4f}"
               f"   per seed {', '.join(f'{x:.4f}' for x in rmse)}")
+    peers = _myfm_rows(args.seeds)
+    for name, row in peers.items():
+        print(f"{name:<44} {row['rmse_mean']:.4f}            {row['mae_mean']:.4f}"
+              f"            per seed {', '.join(f'{x:.4f}' for x in row['rmse_per_seed'])}")
     for r in results:
         print(f"seed {r['seed']}: Surprise RandomizedSearchCV {r['surprise_search_seconds']:.0f} s"
               + (f", pipeline search {r['search_seconds']:.0f} s" if "search_seconds" in r else ""))
     path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "n_iter": args.n_iter,
-                                "table": table, "runs": results,
+                                "table": table, "peers_bayes": peers, "runs": results,
                                 "command": "python bench/accuracy.py " + " ".join(sys.argv[1:])}, indent=2,
                                default=str))
     print(f"wrote {path}")
