@@ -49,7 +49,10 @@ def study_figures(study: optuna.Study, best_n: int = 5) -> tuple[dict[str, plt.F
         figures[names[1]] = _slices(trials, searched, family)
         sampled = [t for t in trials if not t.reference]
         if len(sampled) >= IMPORTANCE_MIN_TRIALS:
-            figures[names[2]] = _importances(sampled, searched, family)
+            try:
+                figures[names[2]] = _importances(sampled, searched, family)
+            except (RuntimeError, ValueError) as exc:  # fANOVA: e.g. every trial the same valid RMSE
+                skipped[names[2]] = f"{type(exc).__name__}: {exc}"
         else:
             skipped[names[2]] = (f"{len(sampled)} complete {family} trials from the space: importances need "
                                  f"{IMPORTANCE_MIN_TRIALS} to mean something")
@@ -200,6 +203,7 @@ def _importances(trials: list, keys: list[str], family: str) -> plt.Figure:
     """fANOVA importances (Optuna's evaluator, seeded) of the family's searched settings for valid
     RMSE, from a study rebuilt over those settings of `trials` (the space's, not the reference):
     the names are the runs' own."""
+    keys = [k for k in keys if all(k in t.config for t in trials)]  # e.g. momentum: sgd's alone
     distributions = {k: _distribution([t.config[k] for t in trials]) for k in keys}
     study = optuna.create_study()
     for t in trials:

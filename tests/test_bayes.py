@@ -244,6 +244,26 @@ def test_feature_tables_are_averaged_and_reduced_with_their_side(users):
             np.testing.assert_allclose(model.score_rows(users_, items_), expected.reshape(-1), atol=1e-4)
 
 
+def test_each_kept_sample_has_its_own_feature_tables(small_split):
+    """The engine keeps every sample's feature tables, not views of the live ones a sweep overwrites."""
+    from pipeline.features import SideFeatures
+    from pipeline.training.fitting import _feature_folds
+
+    data = small_split
+    ids = data.user_ids
+    values = {"g": [str(u % 3) for u in range(len(ids))], "h": [str(u % 2) for u in range(len(ids))]}
+    blocks = SideFeatures.build(ids, values).blocks(ids)
+    folds = _feature_folds("user", {"user": blocks}, torch.device("cpu"))
+    engine = bayes.GibbsEngine(data.part("train"), _config(epochs=6, burn_in=2), n_users=data.n_users,
+                               n_items=data.n_items, rating_scale=(1.0, 5.0), valid=None,
+                               generator=torch.Generator().manual_seed(0), folds=folds)
+    for sweep in range(1, 7):
+        engine.epoch(sweep)
+    first, last = engine.kept[0][2]["user"], engine.kept[-1][2]["user"]
+    assert len(engine.kept) == 4 and len(first) == 2
+    assert all(not torch.equal(a, b) for a, b in zip(first, last))
+
+
 def test_on_cuda_it_samples_as_well_as_on_the_cpu(small_split, cuda):
     """Other random streams on the GPU, so not the same numbers: the same quality, and the export."""
     config = _config(implicit="both", epochs=20, burn_in=5)

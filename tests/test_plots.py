@@ -52,3 +52,15 @@ def test_importances_need_enough_complete_trials(bayes):
     plt.close("all")
     assert ("param_importances-bayes.png" in figures) == (bayes >= IMPORTANCE_MIN_TRIALS)
     assert ("param_importances-bayes.png" in skipped) == (bayes < IMPORTANCE_MIN_TRIALS)
+
+
+def test_importances_over_settings_some_trials_lack():
+    """momentum is sgd's alone: a family mixing sgd and adam still gets its importances."""
+    study = optuna.create_study()
+    for k in range(IMPORTANCE_MIN_TRIALS + 2):
+        config = TrainConfig(optimizer="sgd" if k % 2 else "adam", lr=0.01 * (1 + k), momentum=0.5 + 0.04 * k)
+        study.add_trial(optuna.trial.create_trial(value=0.9 - 0.001 * k * (k % 3), user_attrs={"config": config.to_dict()},
+                                                  intermediate_values={1: 0.95}))
+    figures, skipped = study_figures(study)
+    plt.close("all")
+    assert "param_importances-mf.png" in figures, skipped

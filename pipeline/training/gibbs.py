@@ -91,7 +91,7 @@ class _Sampler:
 
     def feature_tables(self) -> dict[str, list[torch.Tensor]]:
         """Copies of the feature groups' tables per side (`MatrixFactorization.side_tables`' layout)."""
-        return {side: list(table.split(sizes)) for side in SIDES
+        return {side: [t.clone() for t in table.split(sizes)] for side in SIDES
                 for fold, table, _, sizes in self.blocks[side] if not isinstance(fold, Side)}
 
     def sweep(self) -> float:
