@@ -264,6 +264,28 @@ def test_each_kept_sample_has_its_own_feature_tables(small_split):
     assert all(not torch.equal(a, b) for a, b in zip(first, last))
 
 
+def test_a_refit_of_several_chains_scores_their_mean(small_split):
+    """refit(chains=3): one model whose unclamped scores (and new users' rows from features) are the
+    mean of the three chains' posterior means (seeds seed, seed + 1000, seed + 2000)."""
+    from pipeline.features import SideFeatures
+
+    data = small_split
+    ids = data.user_ids
+    features = {"user": SideFeatures.build(ids, {"g": [str(u % 3) for u in range(len(ids))]}).blocks(ids)}
+    config, rows = _config(features="user", epochs=8, burn_in=2), data.part("train+valid")
+    options = dict(device="cpu", features=features, **data.dims)
+    together = refit(rows, config, 8, seed=5, chains=3, **options).model
+    alone = [refit(rows, config, 8, seed=5 + 1000 * c, **options).model for c in range(3)]
+    test = data.part("test")
+    with torch.no_grad():
+        np.testing.assert_allclose(together(test.users, test.items),
+                                   torch.stack([m(test.users, test.items) for m in alone]).mean(0), atol=1e-4)
+        new = [np.array([1])]
+        rows_of = lambda m: m.feature_rows("user", [new])  # noqa: E731
+        expected = torch.stack([(rows_of(m) @ m.items[:-1].T).squeeze(0) for m in alone]).mean(0)
+        np.testing.assert_allclose((rows_of(together) @ together.items[:-1].T).squeeze(0), expected, atol=1e-4)
+
+
 def test_on_cuda_it_samples_as_well_as_on_the_cpu(small_split, cuda):
     """Other random streams on the GPU, so not the same numbers: the same quality, and the export."""
     config = _config(implicit="both", epochs=20, burn_in=5)

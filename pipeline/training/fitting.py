@@ -8,6 +8,7 @@ The data moves to the device once; nothing in a batch loop reads a value back to
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -102,9 +103,19 @@ def _engine(train, configs, seeds, dims, valid, device, compiled: bool, folds: d
     return TensorEngine(train, configs, seeds, dims, valid, device, folds)
 
 
-def refit(rows: Interactions, config: TrainConfig, epochs: int, **fit_options) -> FitResult:
+def refit(rows: Interactions, config: TrainConfig, epochs: int, *, chains: int = 1, **fit_options) -> FitResult:
     """The final model: `config` trained on all of `rows` (train+valid) for `epochs` (the best epoch
     count that valid data chose; for bayes at least one kept sample), with no early stopping:
-    there is nothing left to validate on. `fit_options`: fit's keywords (n_users, ..., seed, device)."""
+    there is nothing left to validate on. `fit_options`: fit's keywords (n_users, ..., seed, device).
+    chains (bayes; mf ignores it): independent chains, seeded seed + 1000 c, whose posterior means
+    are averaged into one model (`gibbs.average`); the result's history is the first chain's."""
     least = config.burn_in + 1 if config.family == "bayes" else 1
-    return fit(rows, config.replace(epochs=max(epochs, least), patience=None), **fit_options)
+    config = config.replace(epochs=max(epochs, least), patience=None)
+    if config.family != "bayes" or chains == 1:
+        return fit(rows, config, **fit_options)
+    from pipeline.training.gibbs import average
+
+    seed = fit_options.pop("seed", 0)
+    results = [fit(rows, config, seed=seed + 1000 * c, **fit_options) for c in range(chains)]
+    return replace(results[0], model=average([r.model for r in results]),
+                   train_seconds=sum(r.train_seconds for r in results))

@@ -29,12 +29,12 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluate import clamped_error
-from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization
+from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, widen
 from pipeline.split import Interactions
 from pipeline.training.block_draw import FoldBasis, draw_block
 from pipeline.training.blocks import Fold, Side
 
-__all__ = ["GibbsEngine", "export"]
+__all__ = ["GibbsEngine", "average", "export"]
 
 # Normal-Gamma hyperprior: λ ~ Gamma(a0, b0), μ | λ ~ N(0, 1 / (κ0 λ)); noise α ~ Gamma(a0, b0).
 _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
@@ -252,6 +252,19 @@ def export(samples: list[tuple], factors: int, mu: float, rating_scale) -> Matri
                 model.side_tables.setdefault(side, []).append(out)
     model.restore_constants()
     return model
+
+
+@torch.no_grad()
+def average(models: list[MatrixFactorization]) -> MatrixFactorization:
+    """The mean of the models' unclamped scores as one model, their side tables' too (models of the
+    same rows, global mean and feature groups, e.g. chains' posterior means): `export` over the
+    models as samples, each widened to the widest (zero columns change no product)."""
+    width = max(m.factors for m in models)
+    grow = lambda t, m: widen(t.detach(), m.factors, width + 2)  # noqa: E731
+    samples = [(grow(m.users, m), grow(m.items, m), {side: [grow(t, m) for t in tables]
+                                                    for side, tables in m.side_tables.items()}) for m in models]
+    first = models[0]
+    return export(samples, width, first.global_mean.item(), tuple(first.rating_scale.tolist()))
 
 
 def _reduce(P: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
