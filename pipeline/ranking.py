@@ -19,24 +19,30 @@ import torch
 from pipeline.model import ITEM_BIAS, MatrixFactorization
 from pipeline.split import Interactions
 
-__all__ = ["RANKING_METRICS", "VALID_RANKING", "popularity_model", "ranking_metrics"]
+__all__ = ["RANKING_METRICS", "VALID_RANKING", "popularity_model", "ranking_metrics", "ranking_sets"]
 
 RANKING_METRICS = ("ndcg_at_10", "recall_at_10", "map_at_10")
 VALID_RANKING = tuple(f"valid_{name}" for name in RANKING_METRICS)  # each complete trial's, on valid
 _USERS = 256  # users scored at a time: bounds the (users, items) score matrix
 
 
+def ranking_sets(seen: Interactions, held: Interactions, n_users: int, n_items: int, relevant: float = 4.0):
+    """What `ranking_metrics` reads of the rows, for models of n_users x n_items: (the users with
+    relevant held rows, int64 sorted; each one's relevant item rows; each user's seen item rows).
+    Build once for many models of one split (a study's trials)."""
+    known = (held.users < n_users) & (held.items < n_items) & (held.ratings >= relevant)
+    return (*_relevant_sets(held.users[known], held.items[known]), _seen_sets(seen, n_users, n_items))
+
+
 @torch.inference_mode()
 def ranking_metrics(model: MatrixFactorization, seen: Interactions, held: Interactions, k: int = 10,
-                    relevant: float = 4.0) -> dict[str, float]:
+                    relevant: float = 4.0, sets: tuple | None = None) -> dict[str, float]:
     """{ndcg_at_k, recall_at_k, map_at_k} of `model` ranking each user's items not in `seen` (the
     rows it was fitted on) against `held` (valid or test rows); NaN without relevant rows. Only
-    users and items the model knows take part (rows below the fallback row). Any device."""
+    users and items the model knows take part (rows below the fallback row). Any device.
+    sets: `ranking_sets` of these rows, built before (None: built here)."""
     n_users, n_items, device = model.n_users, model.n_items, model.users.device
-    seen, held = seen.to(device), held.to(device)
-    known = (held.users < n_users) & (held.items < n_items) & (held.ratings >= relevant)
-    users, targets = _relevant_sets(held.users[known], held.items[known])
-    seen_by = _seen_sets(seen, n_users, n_items)
+    users, targets, seen_by = sets or ranking_sets(seen, held, n_users, n_items, relevant)
     totals = torch.zeros(3, dtype=torch.float64)
     for lo in range(0, len(users), _USERS):
         chunk = users[lo : lo + _USERS]

@@ -99,6 +99,21 @@ def test_a_complete_trial_records_its_ranking_on_valid(small_split):
     assert objective.valid_ranking(FitResult(model=model)) == {f"valid_{k}": v for k, v in expected.items()}
 
 
+def test_a_ranking_that_fails_leaves_the_trial_complete(small_split, monkeypatch):
+    """The ranking metrics are a side measurement: their failure (e.g. out of device memory) warns
+    and records none; the trained trial still completes with its valid RMSE."""
+    trial, tracker = FixedTrial(PARAMS), RecordingTracker()
+    objective = _objective(small_split, tracker)
+
+    def fail(result):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(objective, "valid_ranking", fail)
+    with pytest.warns(UserWarning, match="no ranking metrics on valid .RuntimeError: CUDA out of memory"):
+        assert _run(objective, trial)[0].state == TrialState.COMPLETE
+    assert not set(VALID_RANKING) & set(trial.user_attrs) and "best_valid_rmse" in tracker.run.final
+
+
 def ranked_by_item(n_users, n_items):
     """A model that ranks items by their row, the same for every user."""
     model = MatrixFactorization(n_users, n_items, 0, 3.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from pipeline.ranking import ranking_metrics
+from pipeline.ranking import ranking_metrics, ranking_sets
 from pipeline.search.interrupt import raise_if_interrupted
 from pipeline.search.study import INTERRUPTED_ATTR, Cap
 from pipeline.space import SearchSpace, suggest
@@ -121,6 +122,7 @@ class Objective:
         self.space, self.train, self.valid, self.dims = space, train.to(device), valid.to(device), dims
         self.features = features
         self.device, self.seed, self.tracker, self.study_name, self.cap = device, seed, tracker, study_name, cap
+        self._ranking_sets = None  # `ranking_sets` of train and valid, at the first complete trial
 
     def config(self, trial: optuna.Trial) -> TrainConfig:
         if trial.user_attrs.get("reference") == "d2l":
@@ -161,7 +163,12 @@ class Objective:
         """Log a trained trial's outcome; returns its objective value, the best valid RMSE. Its
         ranking metrics too (`valid_ranking`), as user attrs and final metrics of its run."""
         trial.set_user_attr("best_epoch", result.best_epoch)
-        ranks = self.valid_ranking(result)
+        try:
+            ranks = self.valid_ranking(result)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of device memory: a side metric fails no trial
+            warnings.warn(f"trial {trial.number}: no ranking metrics on valid ({type(exc).__name__}: {exc})",
+                          stacklevel=2)
+            ranks = {}
         for key, value in ranks.items():
             trial.set_user_attr(key, value)
         run.log(best_valid_rmse=result.best_valid_rmse, best_epoch=result.best_epoch,
@@ -173,7 +180,10 @@ class Objective:
         """{valid_ndcg_at_10, valid_recall_at_10, valid_map_at_10} of the trial's model (best epoch):
         each user's items not in train ranked, valid rows rated >= 4 relevant (`ranking_metrics`, as
         the champion is scored on test). Every user, no sampling: ~0.1 s on ml-100k on one CPU core."""
-        return {f"valid_{k}": v for k, v in ranking_metrics(result.model, self.train, self.valid).items()}
+        if self._ranking_sets is None:  # the split's sets, once per study: Python loops over every row
+            self._ranking_sets = ranking_sets(self.train, self.valid, result.model.n_users, result.model.n_items)
+        scores = ranking_metrics(result.model, self.train, self.valid, sets=self._ranking_sets)
+        return {f"valid_{k}": v for k, v in scores.items()}
 
     def close(self, trial: optuna.Trial, run: TrialRun | _NoRun,
               outcome: FitResult | BaseException) -> tuple[Ending, float | None]:
