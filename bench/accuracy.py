@@ -98,15 +98,13 @@ def _with_search(out: dict, seed: int, run_search: bool) -> dict:
 
 def _myfm_rows(seeds: list[int]) -> dict:
     """myFM's rows from bench/results/peers_bayes.json (same splits, fitted on train+valid, scored
-    on test; `python bench/peers_bayes.py`), shown beside ours; {} where it has other seeds."""
+    on test; `python bench/peers_bayes.py`), shown beside ours: the rows measured on `seeds`."""
     path = Path(__file__).parent / "results" / "peers_bayes.json"
     if not path.exists():
         return {}
-    record = json.loads(path.read_text())
-    if record.get("seeds") != seeds:
-        return {}
-    return {f"{name} (peers_bayes.json)": {k: row[k] for k in ("rmse_mean", "mae_mean", "rmse_per_seed")}
-            for name, row in record["table"].items() if name.startswith("myFM")}
+    return {f"{name} (peers_bayes.json)": {k: row[k] for k in ("rmse_mean", "mae_mean", "rmse_per_seed", "chains")}
+            for name, row in json.loads(path.read_text())["table"].items()
+            if name.startswith("myFM") and row.get("seeds") == seeds}
 
 
 def main() -> None:
