@@ -45,7 +45,8 @@ def ui(tmp_path_factory):
 def _browse(url: str, screenshot: str) -> str:
     """The page's DOM after its scripts ran; a screenshot beside it."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1800,1000",
+    # wide: the grid renders only the columns in view (metrics first, then the parameters)
+    flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=3000,1000",
              "--virtual-time-budget=20000"]
     subprocess.run([*flags, f"--screenshot={SCREENSHOTS / screenshot}", url], capture_output=True, timeout=120)
     return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
@@ -57,6 +58,7 @@ def test_the_printed_link_opens_the_trials_sorted_with_their_columns(ui):
     columns = set(re.findall(r'col-id="([^"]+)"', dom))
     assert {"metrics.`best_valid_rmse`", "metrics.`best_epoch`"} <= columns
     assert {f"params.`{p}`" for p in ("optimizer", "factors", "lr", "l2", "batch_size")} <= columns
+    assert {f"metrics.`valid_{m}`" for m in ("ndcg_at_10", "recall_at_10", "map_at_10")} <= columns
     shown = re.findall(r">(trial-\d+)<", dom)
     trials = [r for r in ws.runs() if r.info.run_name.startswith("trial-")]
     best_first = sorted(trials, key=lambda r: r.data.metrics.get("best_valid_rmse", float("inf")))
