@@ -12,9 +12,10 @@ per table and column, as in libFM's MCMC; Rendle 2012), the noise precision a Ga
 One sweep, per side (users, then items), given the other side's totals:
 - own rows: each row's conditional is Gaussian with a (d, d) precision: one batched Cholesky;
 - each block (the implicit one, then all feature groups together, each with its own prior), given
-  the rest: its rows share observations, so the block is drawn jointly by perturbation-optimisation (`block_draw`): perturb the prior mean and the targets by their own
-  noise and solve the normal equations by CG (preconditioned with the fold's top eigenvectors,
-  found once per fit), whose exact solution is an exact draw.
+  the rest: its rows share observations, so the block is drawn jointly by perturbation-
+  optimisation (`block_draw`): perturb the prior mean and the targets by their own noise and solve
+  the normal equations by CG (preconditioned with the fold's top eigenvectors, found once per
+  fit), whose exact solution is an exact draw.
 All of it is gathers, `index_add_` and batched linear algebra: the same code on a CPU and a GPU.
 
 The prediction is the posterior mean over the kept samples (after burn-in). It collapses exactly
@@ -43,8 +44,8 @@ _A0, _B0, _KAPPA0 = 1.0, 1.0, 1.0
 class _Sampler:
     """The chain's state: the own tables P, Q (augmented rows), each side's blocks (`blocks[side]`:
     (fold, table, preconditioner basis, prior groups' sizes): the implicit block (one group), then
-    the feature groups of `folds[side]` side by side (one block, a prior per group; one draw is
-    a third of the cost of one per group)), hyperparameters, the noise precision."""
+    the feature groups of `folds[side]` side by side (one block with a prior per group: one draw
+    per side, not one per group)), hyperparameters, the noise precision."""
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
                  init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None) -> None:
