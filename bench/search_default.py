@@ -33,7 +33,8 @@ def run_default(split_seed: int, config: str = "mf", n_trials: int | None = None
         raw = yaml.safe_load(Path(space_file or SEARCH_SPACES / f"{space.name}.yaml").read_text())
         raw["split"]["seed"] = split_seed
         config = Path(tmp) / f"{space.name}.yaml"
-        config.write_text(yaml.safe_dump(raw))
+        # keys in the file's order: params are suggested in it, so the draws are the shipped file's
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
         command = [sys.executable, "-m", "pipeline.search", "--config", str(config), "--quiet",
                    "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--storage", f"{tmp}/optuna.journal"]
         if n_trials:

@@ -25,7 +25,7 @@ __all__ = ["REFIT_CHAINS", "Steps", "finish", "log_study_inputs"]
 
 # A bayes champion is refit as this many chains, their posterior means averaged: one chain's test
 # RMSE moves ~0.001 with its seed, and the refit's best sweep count (~30-50 at the default space's
-# ranks) keeps few samples. On the default search's champions (split seeds 0-2), 1 chain: 0.8761,
+# ranks) keeps few samples. On one default search's champions (split seeds 0-2), 1 chain: 0.8761,
 # 0.8790, 0.8703; 4 chains: 0.8715, 0.8755, 0.8637, for 4x the refit's sweeps (mf ignores it).
 REFIT_CHAINS = 4
 
