@@ -3,6 +3,7 @@ test once, log the figures, the trials and the references, log the model and reg
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -105,9 +106,14 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
 
     def refit_and_test(config: dict, epochs: int, name: str) -> tuple:
         config = TrainConfig(**config)
-        result = refit(fit_rows, config, epochs, seed=seed, device=device, features=data.features,
-                       chains=REFIT_CHAINS, callback=steps.epochs(f"refit {name}", epochs, config.family),
-                       **data.dims)
+        chains = REFIT_CHAINS if config.family == "bayes" else 1
+        per_chain = max(epochs, config.burn_in + 1) if chains > 1 else epochs  # refit's least for bayes
+        shown = steps.epochs(f"refit {name}" + (f", {chains} chains" if chains > 1 else ""), per_chain * chains,
+                             config.family)
+        counted = itertools.count(1)  # the chains' sweeps one after the other
+        callback = shown and (lambda epoch, *scores: shown(next(counted), *scores))
+        result = refit(fit_rows, config, epochs, seed=seed, device=device, features=data.features, chains=chains,
+                       callback=callback, **data.dims)
         steps(f"scoring {name} on test")
         return result.model, evaluate(result.model, test_on_device)
 
