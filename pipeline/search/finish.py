@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, biases_only, evaluate
-from pipeline.ranking import VALID_RANKING, popularity_model, ranking_metrics
+from pipeline.ranking import VALID_RANKING, popularity_model, ranking_metrics, ranking_sets
 from pipeline.split import Split
 from pipeline.tracking import Tracker
-from pipeline.training import TrainConfig, refit
+from pipeline.training import TrainConfig, refit, refit_epochs
 from pipeline.training.driver import EpochCallback
 
 __all__ = ["REFIT_CHAINS", "Steps", "finish", "log_study_inputs"]
@@ -107,9 +107,8 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
     def refit_and_test(config: dict, epochs: int, name: str) -> tuple:
         config = TrainConfig(**config)
         chains = REFIT_CHAINS if config.family == "bayes" else 1
-        per_chain = max(epochs, config.burn_in + 1) if chains > 1 else epochs  # refit's least for bayes
-        shown = steps.epochs(f"refit {name}" + (f", {chains} chains" if chains > 1 else ""), per_chain * chains,
-                             config.family)
+        shown = steps.epochs(f"refit {name}" + (f", {chains} chains" if chains > 1 else ""),
+                             refit_epochs(config, epochs) * chains, config.family)
         counted = itertools.count(1)  # the chains' sweeps one after the other
         callback = shown and (lambda epoch, *scores: shown(next(counted), *scores))
         result = refit(fit_rows, config, epochs, seed=seed, device=device, features=data.features, chains=chains,
@@ -117,8 +116,10 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
         steps(f"scoring {name} on test")
         return result.model, evaluate(result.model, test_on_device)
 
+    sets = ranking_sets(fit_rows, test_rows, data.n_users, data.n_items)  # once, for every model ranked below
+
     def ranked(model) -> dict:
-        return ranking_metrics(model, fit_rows, test_rows)
+        return ranking_metrics(model, fit_rows, test_rows, sets=sets)
 
     best = study.best_trial
     model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"], f"trial {best.number}")

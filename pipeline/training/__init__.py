@@ -10,7 +10,7 @@
 
 from pipeline.training.config import FAMILIES, IMPLICIT, OPTIMIZERS, TrainConfig
 from pipeline.training.driver import EpochCallback, FitResult, TrainingDiverged
-from pipeline.training.fitting import fit, fit_stack, refit, stack_key
+from pipeline.training.fitting import fit, fit_stack, refit, refit_epochs, stack_key
 
 __all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "EpochCallback", "FitResult", "TrainConfig", "TrainingDiverged", "fit",
-           "fit_stack", "refit", "stack_key"]
+           "fit_stack", "refit", "refit_epochs", "stack_key"]

@@ -17,7 +17,7 @@ from pipeline.split import Interactions
 from pipeline.training.config import TrainConfig
 from pipeline.training.driver import EndCallback, EpochCallback, FitResult, drive
 
-__all__ = ["fit", "fit_stack", "refit", "stack_key"]
+__all__ = ["fit", "fit_stack", "refit", "refit_epochs", "stack_key"]
 
 
 def stack_key(config: TrainConfig) -> tuple[str, int, str, str] | None:
@@ -109,8 +109,7 @@ def refit(rows: Interactions, config: TrainConfig, epochs: int, *, chains: int =
     there is nothing left to validate on. `fit_options`: fit's keywords (n_users, ..., seed, device).
     chains (bayes; mf ignores it): independent chains, seeded seed + 1000 c, whose posterior means
     are averaged into one model (`gibbs.average`); the result's history is the first chain's."""
-    least = config.burn_in + 1 if config.family == "bayes" else 1
-    config = config.replace(epochs=max(epochs, least), patience=None)
+    config = config.replace(epochs=refit_epochs(config, epochs), patience=None)
     if config.family != "bayes" or chains == 1:
         return fit(rows, config, **fit_options)
     from pipeline.training.gibbs import average
@@ -119,3 +118,9 @@ def refit(rows: Interactions, config: TrainConfig, epochs: int, *, chains: int =
     results = [fit(rows, config, seed=seed + 1000 * c, **fit_options) for c in range(chains)]
     return replace(results[0], model=average([r.model for r in results]),
                    train_seconds=sum(r.train_seconds for r in results))
+
+
+def refit_epochs(config: TrainConfig, epochs: int) -> int:
+    """The epochs (sweeps) `refit` runs per model for `epochs` asked: at least one, and for bayes at
+    least one kept sample."""
+    return max(epochs, config.burn_in + 1 if config.family == "bayes" else 1)
