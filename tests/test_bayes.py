@@ -135,6 +135,22 @@ def test_the_noise_precision_is_estimated():
     assert sampler.alpha.item() ** -0.5 == pytest.approx(0.5, rel=0.15)
 
 
+def test_a_fixed_noise_precision_is_held_and_sets_how_closely_the_chain_fits():
+    from pipeline import ingest
+    from pipeline.split import split
+
+    data = split(ingest.synthetic(400, 200, 20_000, rank=3, noise=0.5, seed=3), seed=0)
+    train_mse = {}
+    for alpha in (0.25, 4.0, 100.0):  # the true noise's precision is 4
+        sampler = bayes._Sampler(data.part("train"), data.n_users, data.n_items, 8, "none", 0.1,
+                                 torch.Generator().manual_seed(0), noise_precision=alpha)
+        for _ in range(15):
+            train_mse[alpha] = sampler.sweep().item()
+            assert sampler.alpha.item() == alpha
+    assert train_mse[0.25] > train_mse[4.0] > train_mse[100.0]
+    assert train_mse[4.0] ** 0.5 == pytest.approx(0.5, rel=0.15)
+
+
 @pytest.mark.parametrize("implicit", IMPLICIT)
 def test_a_sweeps_train_mse_is_the_samples_own(small_split, implicit):
     """The sweep sums the squared errors from the item step's S and t, without per-row gathers."""
@@ -202,6 +218,11 @@ def test_bad_bayes_configs_are_refused():
         TrainConfig(implicit="items")
     with pytest.raises(ValueError, match="burn_in=20"):
         TrainConfig(family="bayes", epochs=20, burn_in=20)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="noise_precision=.*expected > 0 and finite, or None"):
+            TrainConfig(family="bayes", noise_precision=bad)
+    assert "noise_precision" not in TrainConfig(noise_precision=2.0).used()  # mf's: unused
+    assert TrainConfig(family="bayes", noise_precision=2.0).used()["noise_precision"] == 2.0
 
 
 def test_many_samples_reduce_exactly_to_the_smaller_side():

@@ -43,6 +43,11 @@ class TrainConfig(BaseModel):
     weights), item (the same for items), or both."""
     burn_in: int = 0
     """bayes: sweeps discarded before the posterior mean starts averaging samples."""
+    noise_precision: float | None = None
+    """bayes: the ratings' noise precision α (1 / the variance of a rating about its prediction).
+    None: drawn every sweep from its Gamma posterior (libFM's and myFM's rule), which follows the
+    train error down as the rank grows, so the chain drifts to a posterior that fits noise; a
+    number: held fixed (as BPMF does, Salakhutdinov & Mnih 2008), a regularizer to search."""
     factors: int = 30
     """Latent dimensions k of p_u and q_i."""
     optimizer: str = "adam"
@@ -84,6 +89,8 @@ class TrainConfig(BaseModel):
             (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
             (self.features in IMPLICIT, "features", f"one of {', '.join(IMPLICIT)}"),
             (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
+            (self.noise_precision is None or 0 < self.noise_precision < math.inf, "noise_precision",
+             "> 0 and finite, or None (sampled)"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.factors >= 1, "factors", ">= 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),
@@ -118,9 +125,9 @@ class TrainConfig(BaseModel):
 
     def used(self) -> dict:
         """The settings this config's family trains with, as trained (l2_bias resolved; patience
-        off is no entry): a bayes model has no optimizer, lr or batch size, mf no burn-in, and
-        momentum is sgd's alone."""
-        unused = {"bayes": _MF_ONLY, "mf": ("burn_in",)}[self.family]
+        off and a sampled noise precision are no entry): a bayes model has no optimizer, lr or
+        batch size, mf no burn-in or noise precision, and momentum is sgd's alone."""
+        unused = {"bayes": _MF_ONLY, "mf": ("burn_in", "noise_precision")}[self.family]
         if self.optimizer != "sgd" or self.family == "bayes":
             unused += ("momentum",)
         values = {k: v for k, v in self.to_dict().items() if k not in unused and v is not None}

@@ -7,7 +7,8 @@ rated and C_iv = |N(i)|^-1/2 for the users v who rated i, both built from the fi
 (SVD++'s user side and its flipped item side; Koren 2008); W_g, X_g are the side-feature groups'
 tables (one row per value, F_g, G_g their CSR blocks: `pipeline.features`), whose bias column is
 each value's linear weight. Every table's columns have Normal-Gamma hyperpriors (mean and precision
-per table and column, as in libFM's MCMC; Rendle 2012), the noise precision a Gamma prior.
+per table and column, as in libFM's MCMC; Rendle 2012), the noise precision a Gamma prior, or it is
+held fixed (`TrainConfig.noise_precision`).
 
 One sweep, per side (users, then items), given the other side's totals:
 - own rows: each row's conditional is Gaussian with a (d, d) precision: one batched Cholesky;
@@ -48,7 +49,8 @@ class _Sampler:
     per side, not one per group)), hyperparameters, the noise precision."""
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
-                 init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None) -> None:
+                 init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None,
+                 noise_precision: float | None = None) -> None:
         device, width = train.ratings.device, factors + 2
         known = (train.users < n_users) & (train.items < n_items)  # cold rows have no identity to learn
         users, items, ratings = train.users[known], train.items[known], train.ratings[known]
@@ -59,7 +61,8 @@ class _Sampler:
         self.item = Side(items, users, n_items + 1, n_users + 1, width + ITEM_ONE, width)
         init = lambda n: torch.randn(n, width, generator=generator, device=device) * init_std  # noqa: E731
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
-        self.alpha = torch.ones((), device=device)
+        self.fixed_alpha = noise_precision  # None: drawn every sweep
+        self.alpha = torch.full((), noise_precision or 1.0, device=device)
         # Σ target², and per user Σ target and the count: the train SSE's first term, without gathers.
         counts = torch.bincount(users, minlength=n_users + 1).double()
         sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
@@ -103,7 +106,8 @@ class _Sampler:
         S, t = self._side_step(self.Q, self.blocks["item"], self.item, U)
         sse = self._sse(U[:, USER_BIAS].double(), self.totals()[1][:, self.item.learned], S, t)
         n = len(self.target)
-        self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
+        if self.fixed_alpha is None:
+            self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
         return sse / n
 
     def _sse(self, b: torch.Tensor, x: torch.Tensor, S: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -187,7 +191,7 @@ class GibbsEngine:
     def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
                  generator, folds: dict[str, list[Fold]] | None = None) -> None:
         self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator,
-                                folds)
+                                folds, config.noise_precision)
         self.config, self.valid, self.rating_scale = config, valid, rating_scale
         self.kept: list[tuple] = []
         self.running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
