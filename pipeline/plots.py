@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from pipeline.objectives import valid_rmse  # noqa: E402
+
 __all__ = ["IMPORTANCE_MIN_TRIALS", "study_figures"]
 
 # fANOVA's importances from fewer complete trials of a family are noise: its forest of 64 trees
@@ -23,22 +25,27 @@ IMPORTANCE_MIN_TRIALS = 8
 
 def study_figures(study: optuna.Study, best_n: int = 5) -> tuple[dict[str, plt.Figure], dict[str, str]]:
     """Figures by file name, and for each figure that could not be drawn, why (e.g. too few
-    trials for importances). Per model family (mf, bayes): parallel coordinates, slices and
-    parameter importances over the settings that family trains with (`TrainConfig.used`), named
-    as in the trial runs. Caller saves and closes them."""
+    trials for importances). The objective's history (several objectives: valid RMSE's, and the
+    Pareto front); per model family (mf, bayes): parallel coordinates, slices and parameter
+    importances over the settings that family trains with (`TrainConfig.used`), named as in the
+    trial runs, against valid RMSE whatever the objective. Caller saves and closes them."""
     figures, skipped = {}, {}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
         return figures, {"all plots": "no complete trial"}
-    figures["learning_curves.png"] = _learning_curves(study, best_n)
+    if any(t.intermediate_values for t in study.trials):
+        figures["learning_curves.png"] = _learning_curves(study, best_n)
+    else:  # the objective is not valid RMSE: nothing was reported per epoch (SearchSpace.prunes)
+        skipped["learning_curves.png"] = "no trial reported its epochs: each trial's run has its valid_rmse curve"
+    several = len(study.directions) > 1
     with warnings.catch_warnings():
         # Optuna's plots are experimental and warn about small studies; nothing a user can act on.
         warnings.simplefilter("ignore")
-        axes = optuna.visualization.matplotlib.plot_optimization_history(study)
-    figure = axes.get_figure()
-    figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
-    figure.tight_layout()
-    figures["optimization_history.png"] = figure
+        figures["optimization_history.png"] = _sized(optuna.visualization.matplotlib.plot_optimization_history(
+            study, target=valid_rmse if several else None,
+            target_name="valid_rmse" if several else (study.metric_names or ["valid_rmse"])[0]))
+        if several:
+            figures["pareto_front.png"] = _sized(optuna.visualization.matplotlib.plot_pareto_front(study))
     for family, trials in _by_family(complete).items():
         searched = _searched([t for t in trials if not t.reference])  # trial 0 is outside the space
         names = [f"{kind}-{family}.png" for kind in ("parallel_coordinate", "slice", "param_importances")]
@@ -59,18 +66,26 @@ def study_figures(study: optuna.Study, best_n: int = 5) -> tuple[dict[str, plt.F
     return figures, skipped
 
 
+def _sized(axes) -> plt.Figure:
+    """An Optuna matplotlib plot's figure, at least 8 x 5 inches."""
+    figure = axes.get_figure()
+    figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+    figure.tight_layout()
+    return figure
+
+
 def _learning_curves(study: optuna.Study, best_n: int) -> plt.Figure:
     """Valid RMSE per epoch: every trial faint, the best `best_n` labelled."""
     figure, ax = plt.subplots(figsize=(8, 5))
-    ranked = sorted((t for t in study.trials if t.intermediate_values and t.value is not None),
-                    key=lambda t: t.value)
+    ranked = sorted((t for t in study.trials if t.intermediate_values and valid_rmse(t) is not None),
+                    key=valid_rmse)
     for t in ranked[best_n:]:
         steps = sorted(t.intermediate_values)
         ax.plot(steps, [t.intermediate_values[s] for s in steps], color="0.8", linewidth=0.7)
     for t in ranked[:best_n]:
         steps = sorted(t.intermediate_values)
         ax.plot(steps, [t.intermediate_values[s] for s in steps], linewidth=1.8,
-                label=f"trial {t.number}: {t.value:.4f}")
+                label=f"trial {t.number}: {valid_rmse(t):.4f}")
     families = {t.user_attrs.get("config", {}).get("family", "mf") for t in ranked}
     ax.set_xlabel({frozenset({"mf"}): "epoch", frozenset({"bayes"}): "Gibbs sweep"}.get(
         frozenset(families), "epoch (mf) or Gibbs sweep (bayes)"))
@@ -97,7 +112,7 @@ def _by_family(trials: list) -> dict[str, list]:
     for t in trials:
         config = TrainConfig(**t.user_attrs["config"])
         families.setdefault(config.family, []).append((t, config.used()))
-    return {family: [_Point(t.number, t.value, used, "reference" in t.user_attrs) for t, used in rows]
+    return {family: [_Point(t.number, valid_rmse(t), used, "reference" in t.user_attrs) for t, used in rows]
             for family, rows in families.items()}
 
 

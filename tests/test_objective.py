@@ -47,9 +47,15 @@ class RecordingTracker:
         return self.run
 
 
-def _objective(split, tracker=None, cap=None):
-    return Objective(load_space("quick"), split.part("train"), split.part("valid"), split.dims,
+def _objective(split, tracker=None, cap=None, space=None):
+    return Objective(space or load_space("quick"), split.part("train"), split.part("valid"), split.dims,
                      device=torch.device("cpu"), seed=0, tracker=tracker, study_name="s", cap=cap)
+
+
+def _space(**changes):
+    from pipeline.space import SearchSpace
+
+    return SearchSpace(**{**load_space("quick").model_dump(exclude={"pruner"}), **changes})
 
 
 def _run(objective, trial):
@@ -62,21 +68,21 @@ def _run(objective, trial):
 
 def test_a_fixed_trial_trains_reports_and_records_its_config(small_split):
     trial = FixedTrial(PARAMS)
-    end, value = _run(_objective(small_split), trial)
+    end, values = _run(_objective(small_split), trial)
     assert end.state == TrialState.COMPLETE
     biases = baselines(small_split.part("train"), small_split.part("valid"), **small_split.dims)["biases_only"]
-    assert value < biases.rmse - 0.1
+    assert values == [trial.user_attrs["valid_rmse"]] and values[0] < biases.rmse - 0.1
     assert trial.user_attrs["config"]["factors"] == 8 and trial.user_attrs["config"]["optimizer"] == "sparse_sgd"
     assert 1 <= trial.user_attrs["best_epoch"] <= 8
-    assert _run(_objective(small_split), FixedTrial(PARAMS))[1] == value  # same trial number, same seed, same value
-    assert _run(_objective(small_split), FixedTrial(PARAMS, number=1))[1] != value
+    assert _run(_objective(small_split), FixedTrial(PARAMS))[1] == values  # same trial number, same seed, same value
+    assert _run(_objective(small_split), FixedTrial(PARAMS, number=1))[1] != values
 
 
 def test_the_reference_trial_is_the_d2l_configuration(small_split):
     trial = FixedTrial({})
     trial.set_user_attr("reference", "d2l")
     tracker = RecordingTracker()
-    assert math.isfinite(_run(_objective(small_split, tracker), trial)[1])
+    assert math.isfinite(*_run(_objective(small_split, tracker), trial)[1])
     number, params, _ = tracker.started[0]
     assert (params["factors"], params["optimizer"], params["lr"], params["batch_size"], params["epochs"]) == (
         30, "adam", 0.002, 512, 20)  # the tutorial's, whatever the space
@@ -112,6 +118,31 @@ def test_a_ranking_that_fails_leaves_the_trial_complete(small_split, monkeypatch
     with pytest.warns(UserWarning, match="no ranking metrics on valid .RuntimeError: CUDA out of memory"):
         assert _run(objective, trial)[0].state == TrialState.COMPLETE
     assert not set(VALID_RANKING) & set(trial.user_attrs) and "best_valid_rmse" in tracker.run.final
+
+
+@pytest.mark.parametrize("objective", [["ndcg@10"], ["rmse", "ndcg@10"]])
+def test_an_ndcg_objective_tells_the_trials_valid_ndcg_and_reports_no_epoch(small_split, objective):
+    """A study on NDCG (or on both) is told the trial's ranking on valid; no epoch is reported to
+    Optuna (a pruner compares valid RMSE per epoch; a multi-objective trial cannot report)."""
+    space = _space(objective=objective)
+    study = optuna.create_study(directions=space.directions(), pruner=space.make_pruner())
+    trial, tracker = study.ask(), RecordingTracker()
+    end, values = _run(_objective(small_split, tracker, space=space), trial)
+    study.tell(trial, values, state=end.state)
+    (told,) = study.trials
+    expected = {"rmse": told.user_attrs["valid_rmse"], "ndcg@10": told.user_attrs["valid_ndcg_at_10"]}
+    assert told.state == TrialState.COMPLETE and told.values == [expected[name] for name in objective]
+    assert told.intermediate_values == {} and len(tracker.run.epochs) == 8  # the curve is still logged
+
+
+def test_an_ndcg_objective_whose_ranking_fails_fails_the_trial(small_split, monkeypatch):
+    trial, tracker = FixedTrial(PARAMS), RecordingTracker()
+    objective = _objective(small_split, tracker, space=_space(objective="ndcg@10"))
+    monkeypatch.setattr(objective, "valid_ranking", lambda result: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.warns(UserWarning, match="no ranking metrics on valid"):
+        end, values = _run(objective, trial)
+    assert (end.state, end.status, values) == (TrialState.FAIL, "FAILED", None) and not end.fatal
+    assert "no valid_ndcg_at_10 (its ranking failed)" in trial.user_attrs["fail_reason"]
 
 
 def ranked_by_item(n_users, n_items):

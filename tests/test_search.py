@@ -290,6 +290,24 @@ def test_a_rerun_resumes_the_study(ws):
     assert len(ws.runs()) == 6 and len(ws.client.search_model_versions("name='mf-movielens-quick'")) == versions
 
 
+def test_a_study_of_rmse_and_ndcg_shows_its_front_and_registers_its_lowest_valid_rmse(ws, capsys):
+    space = _write_space(ws.root, "both", objective=["rmse", "ndcg@10"], pruner={"type": "none"})
+    assert ws.search("--n-trials", "4", config=space) == 0
+    study = optuna.load_study(study_name="ratings-both", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(ws.root / "optuna.journal"))))
+    assert study.metric_names == ["valid_rmse", "valid_ndcg_at_10"] and len(study.directions) == 2
+    summary, front = study.user_attrs["summary"], study.best_trials
+    lowest = min(front, key=lambda t: t.values[0])
+    assert sorted(summary["pareto_front"]) == sorted(t.number for t in front)
+    assert summary["best_trial"] == lowest.number and summary["best_valid_rmse"] == lowest.values[0]
+    parent = ws.parents()[0]
+    plots = {a.path for a in ws.client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/pareto_front.png", "plots/optimization_history.png"} <= plots
+    assert "plots/learning_curves.png" not in plots  # nothing is reported per epoch: no pruning
+    assert parent.data.tags["best_trial"] == str(lowest.number)
+    assert "Pareto front trials" in capsys.readouterr().out
+
+
 def test_champion_moves_only_for_a_better_model_on_the_same_split(ws):
     assert ws.search("--n-trials", "2") == 0
     worse = _write_space(ws.root, "worse", params={

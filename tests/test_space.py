@@ -27,6 +27,19 @@ def test_the_shipped_spaces_load(name):
     assert isinstance(config, TrainConfig) and config.epochs == space.epochs
 
 
+def test_the_objective_sets_the_directions_and_turns_pruning_off_when_not_rmse(tmp_path):
+    default = load_space(_write(tmp_path, BASE))
+    assert (default.objective, default.directions(), default.metric_names(), default.prunes()) == (
+        ["rmse"], ["minimize"], ["valid_rmse"], True)
+    # the default objective leaves the digest as it was before the key existed
+    assert load_space(_write(tmp_path, {**BASE, "objective": "rmse"})).digest() == default.digest()
+    ndcg = load_space(_write(tmp_path, {**BASE, "objective": "ndcg@10"}))
+    assert (ndcg.directions(), ndcg.metric_names(), ndcg.prunes()) == (["maximize"], ["valid_ndcg_at_10"], False)
+    assert isinstance(ndcg.make_pruner(), optuna.pruners.NopPruner) and ndcg.digest() != default.digest()
+    both = load_space(_write(tmp_path, {**BASE, "objective": ["rmse", "ndcg@10"], "pruner": {"type": "none"}}))
+    assert both.directions() == ["minimize", "maximize"] and not both.prunes()
+
+
 @pytest.mark.parametrize("content,message", [
     ({**BASE, "epochz": 3}, "epochz: Extra inputs are not permitted"),
     ({"params": {"factorz": {"type": "int", "low": 1, "high": 2}}}, "params.factorz: unknown parameter"),
@@ -43,6 +56,11 @@ def test_the_shipped_spaces_load(name):
     ({**BASE, "register_as": "team/model"}, "register_as: Value error, expected a registered model name without '/'"),
     ({**BASE, "register_as": ""}, "register_as: Value error, expected a registered model name (not empty)"),
     ({**BASE, "register_as": 7}, "register_as: Input should be a valid string (got 7)"),
+    ({**BASE, "objective": "mae"}, "objective: Value error, 'mae': expected one of rmse, ndcg@10, or a list of them"),
+    ({**BASE, "objective": ["rmse", "rmse"]}, "objective: Value error, ['rmse', 'rmse']: expected one objective or"),
+    ({**BASE, "objective": []}, "objective: Value error, []: expected one objective or a list of different ones"),
+    ({**BASE, "objective": "ndcg@10", "pruner": {"type": "median"}},
+     "pruner 'median' with objective ['ndcg@10']: a pruner compares each epoch's valid RMSE"),
     ({"params": {"optimizer": {"type": "fixed", "value": "sparse_sgd"},
                  "weight_decay": {"type": "fixed", "value": 0.1}}}, "weight_decay=0.1"),
     ({"params": {"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},

@@ -14,6 +14,7 @@ from collections import Counter
 
 from optuna.trial import TrialState
 
+from pipeline.objectives import champion
 from pipeline.search.interrupt import catching_sigint, received
 from pipeline.search.finish import finish, log_study_inputs
 from pipeline.search.options import SearchOptions
@@ -81,7 +82,7 @@ def _finish_once(session: Session) -> tuple[str, int]:
         seen = ", ".join(f"{n} {state}" for state, n in states.items()) or "none ran"
         print(f"error: no trial completed ({seen}); see the trials' runs in MLflow", file=sys.stderr)
         return "FAILED", 1
-    best = study.best_trial.number
+    best = champion(study).number
     o = session.options
     steps = Steps(o.quiet)
 

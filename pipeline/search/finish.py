@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, biases_only, evaluate
+from pipeline.objectives import champion, pareto_front, valid_rmse
 from pipeline.ranking import VALID_RANKING, popularity_model, ranking_metrics, ranking_sets
 from pipeline.split import Split
 from pipeline.tracking import Tracker
@@ -58,7 +59,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     reference: also refit the d2l configuration (trial 0) and report its test scores.
     steps: told each step as it starts (`pipeline.search.progress.Steps`; default: nothing said)."""
     steps = steps or _SILENT
-    best = study.best_trial
+    best = champion(study)
     model, test, ranks, references = _score(study, data, device, seed, reference, steps)
     steps("figures")
     figures, skipped = _log_figures(study, tracker)
@@ -66,7 +67,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     tracker.log_text(_trials_csv(study), "trials.csv")
     tracker.log_parent(  # the champion's own scores go with its model (_log_and_register)
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
-        metrics={"study_best_valid_rmse": best.value,
+        metrics={"study_best_valid_rmse": valid_rmse(best),
                  **{f"reference.{k}_{m}": v for k, scores in references.items() for m, v in scores.items()}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
@@ -74,7 +75,8 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     uri, version, alias = _log_and_register(model, data, tracker, scores, register_as, key, steps)
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
-        "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": best.value,
+        "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": valid_rmse(best),
+        "objective": study.metric_names, "pareto_front": [t.number for t in pareto_front(study)],
         "best_valid_ranking": {key: best.user_attrs[key] for key in VALID_RANKING if key in best.user_attrs},
         "test_rmse": test.rmse, "test_mae": test.mae, **ranks, "reference": references,
         "trials": {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState},
@@ -92,7 +94,7 @@ def _trials_csv(study: optuna.Study) -> str:
     import pandas as pd
 
     return pd.DataFrame([{
-        "number": t.number, "state": t.state.name, "valid_rmse": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
+        "number": t.number, "state": t.state.name, "valid_rmse": valid_rmse(t), "best_epoch": t.user_attrs.get("best_epoch"),
         **{key: t.user_attrs.get(key) for key in VALID_RANKING},
         "seconds": t.duration.total_seconds() if t.duration else None, **t.user_attrs.get("config", {}),
     } for t in study.trials]).to_csv(index=False)
@@ -121,7 +123,7 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
     def ranked(model) -> dict:
         return ranking_metrics(model, fit_rows, test_rows, sets=sets)
 
-    best = study.best_trial
+    best = champion(study)
     model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"], f"trial {best.number}")
     steps(f"ranking metrics of trial {best.number}")
     ranks = ranked(model)

@@ -34,9 +34,13 @@ class OverCap(RuntimeError):
     """Another worker took the study's last slot between our check and our trial's start."""
 
 
+class NoObjectiveValue(RuntimeError):
+    """A trained trial's objective could not be measured (its ranking failed, e.g. out of memory)."""
+
+
 # A trial that fails for one of these is recorded FAIL with its reason and the study goes on;
 # anything else (a bug, Ctrl-C) stops the worker, after every trial of its batch is closed.
-EXPECTED_FAILURES = (TrainingDiverged, TrackingError, OverCap)
+EXPECTED_FAILURES = (TrainingDiverged, TrackingError, OverCap, NoObjectiveValue)
 NOTE = "mlflow.note.content"  # the run's description in `mlflow ui`
 INTERRUPTED = "Interrupted (Ctrl-C or SIGTERM); rerun the search to resume"
 
@@ -155,14 +159,16 @@ class Objective:
         on_epoch(trial number, epoch, valid RMSE): told each member's epoch (the progress line)."""
         fit_stack(self.train, [config for _, config, _ in members],
                   [trial_seed(self.seed, trial.number) for trial, _, _ in members], valid=self.valid,
-                  device=self.device, callbacks=[watched(reporter(trial, run), trial.number, on_epoch)
-                                                 for trial, _, run in members],
+                  device=self.device, callbacks=[watched(reporter(trial, run, self.space.prunes()), trial.number,
+                                                         on_epoch) for trial, _, run in members],
                   on_end=on_end, features=self.features, **self.dims)
 
-    def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> float:
-        """Log a trained trial's outcome; returns its objective value, the best valid RMSE. Its
-        ranking metrics too (`valid_ranking`), as user attrs and final metrics of its run."""
+    def record(self, trial: optuna.Trial, run: TrialRun | _NoRun, result: FitResult) -> list[float]:
+        """Log a trained trial's outcome; returns its objective values (the space's `objective`:
+        the best valid RMSE by default). Its ranking metrics too (`valid_ranking`), as user attrs
+        and final metrics of its run. Raises NoObjectiveValue when an objective's ranking failed."""
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("valid_rmse", result.best_valid_rmse)
         try:
             ranks = self.valid_ranking(result)
         except (RuntimeError, ValueError) as exc:  # e.g. out of device memory: a side metric fails no trial
@@ -174,7 +180,11 @@ class Objective:
         run.log(best_valid_rmse=result.best_valid_rmse, best_epoch=result.best_epoch,
                 epochs_run=len(result.history), train_seconds=result.train_seconds,
                 examples_per_second=result.examples_per_second, **ranks)
-        return result.best_valid_rmse
+        scores = {"valid_rmse": result.best_valid_rmse, **ranks}
+        missing = [name for name in self.space.metric_names() if name not in scores]
+        if missing:
+            raise NoObjectiveValue(f"no {', '.join(missing)} (its ranking failed): the objective has no value")
+        return [scores[name] for name in self.space.metric_names()]
 
     def valid_ranking(self, result: FitResult) -> dict[str, float]:
         """{valid_ndcg_at_10, valid_recall_at_10, valid_map_at_10} of the trial's model (best epoch):
@@ -186,15 +196,15 @@ class Objective:
         return {f"valid_{k}": v for k, v in scores.items()}
 
     def close(self, trial: optuna.Trial, run: TrialRun | _NoRun,
-              outcome: FitResult | BaseException) -> tuple[Ending, float | None]:
+              outcome: FitResult | BaseException) -> tuple[Ending, list[float] | None]:
         """End the trial's run once, with the status `ending` gives its outcome (a result that
-        cannot be recorded fails the trial); returns the ending and the value to tell."""
+        cannot be recorded or measured fails the trial); returns the ending and the values to tell."""
         if isinstance(outcome, FitResult):
             try:
-                value = self.record(trial, run, outcome)
+                values = self.record(trial, run, outcome)
                 run.end("FINISHED", tags=ending(None).tags())
-                return ending(None), value
-            except TrackingError as exc:  # trained, but not recorded: a failure
+                return ending(None), values
+            except (TrackingError, NoObjectiveValue) as exc:  # trained, but not recorded: a failure
                 outcome = exc
         end = ending(outcome)
         if end.reason is not None:
@@ -208,9 +218,10 @@ class Objective:
         return end, None
 
 
-def reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
+def reporter(trial: optuna.Trial, run: TrialRun | _NoRun, prunes: bool = True):
     """The epoch callback: log the curve, report to Optuna, prune (a pruned trial's run still gets
-    its best valid RMSE so far, so it sorts among the others in `mlflow ui`)."""
+    its best valid RMSE so far, so it sorts among the others in `mlflow ui`). prunes: False when
+    the objective is not valid RMSE (`SearchSpace.prunes`): nothing is reported, only logged."""
     best = (math.inf, 0)
 
     def on_epoch(epoch: int, train_mse: float, valid_rmse: float) -> None:
@@ -218,6 +229,8 @@ def reporter(trial: optuna.Trial, run: TrialRun | _NoRun):
         raise_if_interrupted()
         run.epoch(epoch, train_mse=train_mse, valid_rmse=valid_rmse)
         best = min(best, (valid_rmse, epoch))
+        if not prunes:
+            return
         trial.report(valid_rmse, epoch)
         if trial.should_prune():
             run.log(best_valid_rmse=best[0], best_epoch=best[1], epochs_run=epoch)

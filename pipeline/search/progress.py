@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
+from pipeline.objectives import champion, valid_rmse
+
 __all__ = ["Plan", "Progress", "Steps", "clock_text", "eta_seconds", "future_epochs"]
 
 GAP = 5.0  # seconds between two epoch lines of one trial (or stack), without a terminal
@@ -208,7 +210,8 @@ class Progress:
             self.ran[ended.family].append(ended.epoch)
         self.done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         try:
-            self.best = f"best valid RMSE {study.best_value:.4f} (trial {study.best_trial.number})"
+            best = champion(study)
+            self.best = f"best valid RMSE {valid_rmse(best):.4f} (trial {best.number})"
         except ValueError:
             self.best = "no complete trial yet"
         state = trial.state.name.lower()

@@ -37,6 +37,12 @@ def print_summary(s: dict, tracking_uri: str) -> None:
     rows += [(f"reference: {k.replace('_', ' ')}", v) for k, v in s["reference"].items()]
     print(f"\nstudy {s['study']}: trials {', '.join(f'{n} {k}' for k, n in s['trials'].items() if n)}")
     ranks = "".join(f", valid {_COLUMNS[k.removeprefix('valid_')]} {v:.4f}" for k, v in s.get("best_valid_ranking", {}).items())
+    objective = s.get("objective") or ["valid_rmse"]
+    if len(objective) > 1:  # the champion rule: pipeline.objectives.champion
+        print(f"objectives {', '.join(objective)}: Pareto front trials {', '.join(map(str, s['pareto_front']))}; "
+              "the champion is the front's lowest valid RMSE")
+    elif objective != ["valid_rmse"]:
+        print(f"objective {objective[0]}")
     print(f"best trial {s['best_trial']}: valid RMSE {s['best_valid_rmse']:.4f} at epoch {s['best_epoch']}{ranks}")
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in s["best_params"].items() if v is not None))

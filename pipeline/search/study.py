@@ -122,7 +122,7 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
                grace: float = SearchOptions.grace) -> SharedStudy:
     """Create or resume `name`; refuse it if it was made for another search space or split.
     grace: seconds after which a silent holder of a once-only step is replaced."""
-    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+    study = optuna.create_study(storage=storage, study_name=name, directions=space.directions(), load_if_exists=True,
                                 sampler=space.make_sampler(seed), pruner=space.make_pruner())
     shared = SharedStudy(study, storage, grace)
     expected = {"space_digest": space.digest(), "split_fingerprint": data.fingerprint,
@@ -143,7 +143,7 @@ def open_study(storage, name: str, space: SearchSpace, data: Split, seed: int,
             study.set_user_attr(key, value)
         with warnings.catch_warnings():  # experimental in Optuna: names the objective in dashboards, dataframes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["valid_rmse"])
+            study.set_metric_names(space.metric_names())
 
     # Once, however many workers start together; when done, this only sweeps a killed holder's marker.
     shared.once("init", init, lambda: study.user_attrs.get("split_fingerprint"))

@@ -14,6 +14,7 @@ import optuna
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from pipeline.objectives import OBJECTIVES
 from pipeline.ratings import check_scale
 from pipeline.split import STRATEGIES
 from pipeline.training import TrainConfig
@@ -181,6 +182,11 @@ class SearchSpace(_Strict):
     patience: int | None = Field(None, ge=1)
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
+    objective: list[str] = ["rmse"]
+    """What the study optimizes on valid: rmse (the default), ndcg@10, or both as a list
+    (`[rmse, ndcg@10]`: a multi-objective study, its Pareto front shown, its champion the front's
+    trial of lowest valid RMSE: `pipeline.objectives.champion`). Pruning compares each epoch's
+    valid RMSE, so it needs the objective rmse alone; otherwise the pruner is none."""
     trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
     reference: bool = True
@@ -203,6 +209,28 @@ class SearchSpace(_Strict):
             raise ValueError(f"expected {why}")
         return value
 
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in OBJECTIVES:
+                raise ValueError(f"{name!r}: expected one of {', '.join(OBJECTIVES)}, or a list of them")
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"{value}: expected one objective or a list of different ones")
+        return value
+
+    @model_validator(mode="after")
+    def _prunes_rmse_only(self):
+        if self.objective != ["rmse"] and "pruner" in self.model_fields_set and self.pruner.type != "none":
+            raise ValueError(f"pruner {self.pruner.type!r} with objective {self.objective}: a pruner compares each "
+                             "epoch's valid RMSE, so it needs `objective: rmse`; use `pruner: {type: none}`")
+        return self
+
     @model_validator(mode="after")
     def _params(self):
         for key, spec in self.params.items():
@@ -224,9 +252,23 @@ class SearchSpace(_Strict):
         cases = lambda spec: spec.cases.values() if isinstance(spec, ConditionalParam) else [spec]  # noqa: E731
         return [k for k, spec in self.params.items() if any(not isinstance(c, FixedParam) for c in cases(spec))]
 
+    def directions(self) -> list[str]:
+        """Optuna's direction per objective."""
+        return [OBJECTIVES[name][1] for name in self.objective]
+
+    def metric_names(self) -> list[str]:
+        """Each objective's name in Optuna (dashboards, `trials_dataframe`) and in the trials' runs."""
+        return [OBJECTIVES[name][0] for name in self.objective]
+
+    def prunes(self) -> bool:
+        """Whether trials report each epoch's valid RMSE to Optuna (and may be pruned on it)."""
+        return self.objective == ["rmse"]
+
     def digest(self) -> str:
-        """sha256 of the space's content (not its file name): a study is tied to one digest."""
-        blob = json.dumps(self.model_dump(exclude={"name", "stack", "register_as"}), sort_keys=True, default=str)
+        """sha256 of the space's content (not its file name): a study is tied to one digest. The
+        default objective is left out, so spaces written before it existed keep their digest."""
+        exclude = {"name", "stack", "register_as"} | ({"objective"} if self.objective == ["rmse"] else set())
+        blob = json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -242,6 +284,8 @@ class SearchSpace(_Strict):
             return cls(seed=seed, **options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
+        if not self.prunes():
+            return optuna.pruners.NopPruner()
         cls = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
                "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                "none": optuna.pruners.NopPruner}[self.pruner.type]
