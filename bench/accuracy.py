@@ -1,6 +1,6 @@
 """Accuracy on ml-100k over three split seeds, everyone on the same test rows.
 
-    python bench/accuracy.py [--seeds 0 1 2] [--n-iter 200] [--skip-search]
+    python bench/accuracy.py [--seeds 0 1 2] [--n-iter 200] [--skip-search] [--reuse-surprise] [--reuse-search]
 
 Per split seed (random 80/10/10): the d2l configuration with our trainer (early stop on valid, refit
 on train+valid), the global-mean and biases-only baselines, Surprise SVD with its defaults, SVD tuned
@@ -8,6 +8,8 @@ by Surprise's own RandomizedSearchCV (`n-iter` configurations, 3-fold CV on trai
 our default study's trials), and our default search (`python -m pipeline.search`, refit champion).
 Everything is fitted on the same train+valid rows and scored on the same test rows. Prints
 mean ± sd and writes bench/results/accuracy.json. Needs the `bench` extra (scikit-surprise).
+--reuse-search: the default search's rows from bench/results/search_default-mf-split<seed>.json
+(`bench/search_default.py`, the same command) when that record ran the shipped space (its digest).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def surprise_scores(algo, testset) -> tuple[float, float]:
     return accuracy.rmse(predictions, verbose=False), accuracy.mae(predictions, verbose=False)
 
 
-def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None) -> dict:
+def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None, reuse_search: bool = False) -> dict:
     ratings = ingest.load("ml-100k")
     data = split(ratings, seed=seed)
     dims = data.dims
@@ -63,7 +65,7 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
         for name in ("Surprise SVD, defaults", "Surprise SVD, RandomizedSearchCV"):
             rows[name] = tuple(reuse["rows"][name])
         out = {"seed": seed, "rows": rows, **{k: reuse[k] for k in ("surprise_search_seconds", "surprise_best_params")}}
-        return _with_search(out, seed, run_search)
+        return _with_search(out, seed, run_search, reuse_search)
     from surprise import SVD
     from surprise.model_selection import KFold, RandomizedSearchCV
 
@@ -82,18 +84,30 @@ def one_seed(seed: int, n_iter: int, run_search: bool, reuse: dict | None = None
     rows["Surprise SVD, RandomizedSearchCV"] = surprise_scores(search.best_estimator["rmse"], testset)
     out = {"seed": seed, "rows": rows, "surprise_search_seconds": tuned_seconds,
            "surprise_best_params": search.best_params["rmse"]}
-    return _with_search(out, seed, run_search)
+    return _with_search(out, seed, run_search, reuse_search)
 
 
-def _with_search(out: dict, seed: int, run_search: bool) -> dict:
+def _with_search(out: dict, seed: int, run_search: bool, reuse: bool = False) -> dict:
     if run_search:
         import search_default
 
-        record = search_default.run_default(seed)
+        record = _recorded_search(seed) if reuse else search_default.run_default(seed)
         out["rows"]["pipeline default search (refit champion)"] = (record["test_rmse"], record["test_mae"])
         out["search_seconds"] = record["wall_seconds"]
         out["search_best_params"] = record["best_params"]
     return out
+
+
+def _recorded_search(seed: int) -> dict:
+    """The default search's record for split `seed`; refused unless it ran the shipped space."""
+    from pipeline.space import load_space
+
+    path = Path(__file__).parent / "results" / f"search_default-mf-split{seed}.json"
+    record = json.loads(path.read_text())
+    if record.get("space_digest") != load_space("mf").digest():
+        raise SystemExit(f"{path}: not a record of the shipped mf.yaml (space digest differs): rerun "
+                         f"`python bench/search_default.py --split-seed {seed}`")
+    return record
 
 
 def _myfm_rows(seeds: list[int]) -> dict:
@@ -112,13 +126,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-iter", type=int, default=200)
     p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--reuse-search", action="store_true",
+                   help="take the default search's rows from bench/results/search_default-mf-split*.json")
     p.add_argument("--reuse-surprise", action="store_true",
                    help="take Surprise's rows from bench/results/accuracy.json (same splits) instead of rerunning")
     args = p.parse_args()
     path = Path(__file__).parent / "results" / "accuracy.json"
     previous = {r["seed"]: r for r in json.loads(path.read_text())["runs"]} if args.reuse_surprise else {}
-    results = [one_seed(seed, args.n_iter, not args.skip_search, previous.get(seed) if args.reuse_surprise else None)
-               for seed in args.seeds]
+    results = [one_seed(seed, args.n_iter, not args.skip_search, previous.get(seed) if args.reuse_surprise else None,
+                        args.reuse_search) for seed in args.seeds]
     names = list(results[0]["rows"])
     print(f"ml-100k, split seeds {args.seeds}, test RMSE / MAE, mean ± sd")
     table = {}

@@ -49,6 +49,7 @@ def run_default(split_seed: int, config: str = "mf", n_trials: int | None = None
         trials = _trials(study, raw["sampler"].get("options", {}).get("n_startup_trials", 10))
     print(out.stdout)
     record = {"date": time.strftime("%Y-%m-%d"), "split_seed": split_seed, "config": space.name,
+              "space_digest": space.digest(),
               "wall_seconds": wall, "trials": summary["trials"], **trials, "best_valid_rmse": summary["best_valid_rmse"],
               "test_rmse": summary["test_rmse"], "test_mae": summary["test_mae"], "reference": summary["reference"],
               "best_params": summary["best_params"], "command": "python bench/search_default.py " + " ".join(sys.argv[1:])}

@@ -144,8 +144,8 @@ def interrupt_at(monkeypatch, number: int, epoch: int) -> None:
 
     reporter = objective.reporter
 
-    def interrupting(trial, run):
-        report = reporter(trial, run)
+    def interrupting(trial, run, prunes=True):
+        report = reporter(trial, run, prunes)
 
         def on_epoch(at, train_mse, valid_rmse):
             if trial.number == number and at == epoch:

@@ -26,10 +26,12 @@ from pipeline.training.driver import EpochCallback
 __all__ = ["REFIT_CHAINS", "Steps", "finish", "log_study_inputs"]
 
 # A bayes champion is refit as this many chains, their posterior means averaged: one chain's test
-# RMSE moves ~0.001 with its seed, and the refit's best sweep count (~30-50 at the default space's
-# ranks) keeps few samples. On one default search's champions (split seeds 0-2), 1 chain: 0.8761,
-# 0.8790, 0.8703; 4 chains: 0.8715, 0.8755, 0.8637, for 4x the refit's sweeps (mf ignores it).
-REFIT_CHAINS = 4
+# RMSE moves with its seed. With the noise precision drawn, chains overfit after ~40 sweeps and
+# averaging 4 paid 0.004 (default search's champions, split seeds 0-2: 0.8761, 0.8790, 0.8703 ->
+# 0.8715, 0.8755, 0.8637); held fixed, each chain improves to its last sweep and the average pays
+# less (split 1, rank 22, α 1.3, side features, 200 sweeps: 1 chain 0.8710, 2 chains 0.8708,
+# 4 chains 0.8706), so 2: a third chain costs what 100 more sweeps do (mf ignores it).
+REFIT_CHAINS = 2
 
 
 class Steps(Protocol):
