@@ -18,6 +18,8 @@ from mlflow.exceptions import MlflowException
 
 __all__ = ["Registry", "Standing", "choose_alias", "filter_literal"]
 
+_TITLES = {"test_mae": "MAE", "ndcg_at_10": "NDCG@10", "recall_at_10": "Recall@10", "map_at_10": "MAP@10"}
+
 
 @dataclass(frozen=True)
 class Standing:
@@ -82,10 +84,11 @@ class Registry:
         return f"models:/{model.model_id}"
 
     def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
-                 key: dict[str, str]) -> tuple[str, str]:
+                 key: dict[str, str], scores: dict[str, float] | None = None) -> tuple[str, str]:
         """Register `model_uri` under `name` (or find the version registered earlier with the
-        same `key`) and give it the alias `choose_alias` picks: (version, alias)."""
-        version = self._version(model_uri, name, test_rmse, split_fingerprint, key)
+        same `key`) and give it the alias `choose_alias` picks: (version, alias). scores: its other
+        test scores (test_mae, ndcg_at_10, ...), stated in the version's description."""
+        version = self._version(model_uri, name, test_rmse, split_fingerprint, key, scores or {})
         alias = choose_alias(self.champion(name), Standing.of(version))
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version), alias
@@ -95,7 +98,8 @@ class Registry:
         version = self.client.get_registered_model(name).aliases.get("champion")
         return None if version is None else Standing.of(self.client.get_model_version(name, version))
 
-    def _version(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str, key: dict[str, str]):
+    def _version(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str, key: dict[str, str],
+                 scores: dict[str, float]):
         created = self._create_registered_model(name)
         try:
             mine = f"name = {filter_literal(name)} and run_id = {filter_literal(self.run_id)}"
@@ -107,8 +111,11 @@ class Registry:
             # The source as stored, not `models:/<id>`: MLflow's store resolves that through the
             # process-wide tracking URI (a TODO of its own), which this client need not share.
             model = self.client.get_logged_model(model_uri.removeprefix("models:/"))
-            # What the registry's page shows first: the test score that chose the alias.
-            description = f"test RMSE {test_rmse:.4f} on split {split_fingerprint[:12]} (refit on train+valid)"
+            # What the registry's page shows first: the test score that chose the alias, then the others
+            # (SQLite's registry keeps no model_id on a version, so its metrics panel stays empty).
+            others = "".join(f", {_TITLES.get(k, k)} {v:.4f}" for k, v in scores.items() if k != "test_rmse")
+            description = (f"test RMSE {test_rmse:.4f}{others} on split {split_fingerprint[:12]} "
+                           "(refit on train+valid)")
             return self.client.create_model_version(name, source=model.artifact_location, run_id=self.run_id,
                                                     model_id=model.model_id, tags=tags, description=description)
         except Exception:

@@ -271,8 +271,9 @@ class Tracker:
                                                                for k, v in metrics.items()])
 
     def register(self, model_uri: str, name: str, test_rmse: float, split_fingerprint: str,
-                 key: dict[str, str]) -> tuple[str, str]:
+                 key: dict[str, str], scores: dict[str, float] | None = None) -> tuple[str, str]:
         """Register a new version (or find the one an interrupted finish made with the same `key`
-        tags); alias `champion` or `challenger` by `registry.choose_alias`. Returns (version, alias)."""
+        tags); alias `champion` or `challenger` by `registry.choose_alias`; `scores` (the other test
+        scores) go in its description. Returns (version, alias)."""
         with self._reported(f"registering {model_uri} as {name!r}"):
-            return self._registry().register(model_uri, name, test_rmse, split_fingerprint, key)
+            return self._registry().register(model_uri, name, test_rmse, split_fingerprint, key, scores)

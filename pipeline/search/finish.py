@@ -171,7 +171,7 @@ def _log_and_register(model, data: Split, tracker: Tracker, scores: dict, regist
                    features={"user": data.ratings.user_features, "item": data.ratings.item_features})
         uri = tracker.log_model(Path(tmp) / "model", key, name=f"trial-{key['optuna.best_trial']}", metrics=scores)
     steps(f"registering as {register_as}")
-    version, alias = tracker.register(uri, register_as, scores["test_rmse"], data.fingerprint, key)
+    version, alias = tracker.register(uri, register_as, scores["test_rmse"], data.fingerprint, key, scores)
     return uri, version, alias
 
 
