@@ -104,8 +104,9 @@ def _recorded_search(seed: int) -> dict:
 
     path = Path(__file__).parent / "results" / f"search_default-mf-split{seed}.json"
     record = json.loads(path.read_text())
-    if record.get("space_digest") != load_space("mf").digest():
-        raise SystemExit(f"{path}: not a record of the shipped mf.yaml (space digest differs): rerun "
+    if record.get("space_digest") != load_space("mf").digest() or any(
+            flag in record["command"] for flag in ("--n-trials", "--space", "--config")):
+        raise SystemExit(f"{path}: not a record of the default search (another space or trial count): rerun "
                          f"`python bench/search_default.py --split-seed {seed}`")
     return record
 

@@ -5,8 +5,8 @@
 Fitted on train+valid, scored on test (random 80/10/10), both implicit blocks, burn-in 5. Part 1:
 one chain per noise precision (drawn each sweep from its Gamma posterior, as libFM and myFM do, or
 held at 1.0, 1.3, 1.6), the running mean's test RMSE at some sweeps and the drawn α's value. Part 2:
-`--chains` chains with side features at α 1.3, their posterior means averaged (`refit(chains=)`)
-one, two, ... at a time. Prints both and writes bench/results/noise_precision.json.
+`--chains` chains with side features at α 1.3 (`refit`, chain c seeded split seed + 1000 c), their
+posterior means averaged (`gibbs.average`) the first one, two, ... at a time. Prints both and writes bench/results/noise_precision.json.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def _parallel_coordinates(trials: list, keys: list[str], family: str) -> plt.Fig
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(names) - 0.5)
-    ax.set_title(f"Parallel coordinates, {family}: {len(trials)} complete trials, best in red")
+    ax.set_title(f"Parallel coordinates, {family}: {len(trials)} complete trials, lowest valid RMSE in red")
     figure.tight_layout()
     return figure
 

@@ -158,10 +158,11 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return True
 
-    def share_trials_view(self, study_name: str, params: list[str]) -> None:
+    def share_trials_view(self, study_name: str, params: list[str],
+                          order: tuple[str, bool] = ("best_valid_rmse", True)) -> None:
         """Save the study's comparison view in the experiment (see `pipeline.trials_view`)."""
         with self._reported("saving the trials' comparison view"):
-            for key, value in view_tags(study_name, self.parent_id, params).items():
+            for key, value in view_tags(study_name, self.parent_id, params, order).items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def trials_view_link(self, study_name: str) -> str:

@@ -16,13 +16,15 @@ def _view_key(study_name: str) -> str:
     return "trials-" + hashlib.sha256(study_name.encode()).hexdigest()[:16]
 
 
-def view_tags(study_name: str, parent_id: str, params: list[str]) -> dict[str, str]:
+def view_tags(study_name: str, parent_id: str, params: list[str],
+              order: tuple[str, bool] = ("best_valid_rmse", True)) -> dict[str, str]:
     """The experiment tags of the view: the study's trials only (children of `parent_id`), best
-    valid RMSE first, with the state, that metric, the valid ranking metrics and `params` as
-    columns; and the experiment marked as model training (what MLflow reads for its default view)."""
+    first by `order` (a run metric, lowest first or not: the study's first objective), with the
+    state, valid RMSE, the valid ranking metrics and `params` as columns; and the experiment marked
+    as model training (what MLflow reads for its default view)."""
     state = {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        "orderByKey": "metrics.`best_valid_rmse`", "orderByAsc": True,
+        "orderByKey": f"metrics.`{order[0]}`", "orderByAsc": order[1],
         "selectedColumns": ["metrics.`best_valid_rmse`", "tags.`optuna.state`", "metrics.`best_epoch`",
                             *(f"metrics.`valid_{m}`" for m in ("ndcg_at_10", "recall_at_10", "map_at_10")),
                             *(f"params.`{p}`" for p in params), "metrics.`train_seconds`"],

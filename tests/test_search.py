@@ -307,6 +307,7 @@ def test_a_study_of_rmse_and_ndcg_shows_its_front_and_registers_its_lowest_valid
     assert {"plots/pareto_front.png", "plots/optimization_history.png"} <= plots
     assert "plots/learning_curves.png" not in plots  # nothing is reported per epoch: no pruning
     assert parent.data.tags["best_trial"] == str(lowest.number)
+    assert parent.data.metrics["champion_valid_ndcg_at_10"] == lowest.values[1]  # the champion's, by name
     assert "Pareto front trials" in capsys.readouterr().out
 
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import optuna
@@ -38,6 +39,13 @@ def test_the_objective_sets_the_directions_and_turns_pruning_off_when_not_rmse(t
     assert isinstance(ndcg.make_pruner(), optuna.pruners.NopPruner) and ndcg.digest() != default.digest()
     both = load_space(_write(tmp_path, {**BASE, "objective": ["rmse", "ndcg@10"], "pruner": {"type": "none"}}))
     assert both.directions() == ["minimize", "maximize"] and not both.prunes()
+    # the comparison view in `mlflow ui` sorts by the first objective, best first
+    from pipeline.trials_view import view_tags
+
+    for space, order in ((default, ("metrics.`best_valid_rmse`", True)), (both, ("metrics.`best_valid_rmse`", True)),
+                         (ndcg, ("metrics.`valid_ndcg_at_10`", False))):
+        (state,) = [json.loads(v) for k, v in view_tags("s", "p", [], space.view_order()).items() if "View" in k]
+        assert (state["orderByKey"], state["orderByAsc"]) == order
 
 
 @pytest.mark.parametrize("content,message", [

@@ -66,11 +66,11 @@ def run_batch(shared: SharedStudy, objective: Objective, trials: list[optuna.Tri
     fatal: list[BaseException] = []
 
     def settle(trial: optuna.Trial, outcome: FitResult | BaseException) -> None:
-        end, value = objective.close(trial, runs.get(trial.number, NO_RUN), outcome)
+        end, values = objective.close(trial, runs.get(trial.number, NO_RUN), outcome)
         closed.add(trial.number)
         if end.fatal:
             fatal.append(outcome)
-        frozen = shared.study.tell(trial, value, state=end.state)
+        frozen = shared.study.tell(trial, values, state=end.state)
         told.add(trial.number)
         for callback in callbacks:
             callback(shared.study, frozen)

@@ -1,6 +1,7 @@
 """`python -m pipeline.search`: an Optuna study of MF models, tracked in MLflow, the best registered.
 
-ingest -> split -> [per trial: fit -> valid RMSE, reported per epoch, prunable] -> refit the best
+ingest -> split -> [per trial: fit -> the objective (valid RMSE by default: reported per epoch,
+prunable)] -> refit the champion
 on train+valid -> test once -> log the model (pt2, raw ids in) -> register, move `champion` if it wins.
 Rerunning the same command resumes the same study; another --experiment or --register-as than the
 study was created with is refused (its runs stay in one experiment, its model under one name).

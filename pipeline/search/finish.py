@@ -23,15 +23,18 @@ from pipeline.tracking import Tracker
 from pipeline.training import TrainConfig, refit, refit_epochs
 from pipeline.training.driver import EpochCallback
 
-__all__ = ["REFIT_CHAINS", "Steps", "finish", "log_study_inputs"]
+__all__ = ["Steps", "finish", "log_study_inputs", "refit_chains"]
 
-# A bayes champion is refit as this many chains, their posterior means averaged: one chain's test
-# RMSE moves with its seed. With the noise precision drawn, chains overfit after ~40 sweeps and
-# averaging 4 paid 0.004 (default search's champions, split seeds 0-2: 0.8761, 0.8790, 0.8703 ->
-# 0.8715, 0.8755, 0.8637); held fixed, each chain improves to its last sweep and the average pays
-# less (split 1, rank 22, α 1.3, side features, 200 sweeps: 1 chain 0.8710, 2 chains 0.8708,
-# 4 chains 0.8706), so 2: a third chain costs what 100 more sweeps do (mf ignores it).
-REFIT_CHAINS = 2
+def refit_chains(config: TrainConfig) -> int:
+    """How many chains a champion is refit as, their posterior means averaged (1 for mf). With the
+    noise precision drawn, a chain overfits after ~40 sweeps and averaging 4 paid 0.004 (default
+    search's champions, split seeds 0-2: 0.8761, 0.8790, 0.8703 -> 0.8715, 0.8755, 0.8637); held,
+    each chain improves to its last sweep and averaging pays less (split 1, rank 22, α 1.3, side
+    features, 200 sweeps: 1 chain 0.8710, 2 averaged 0.8708, 4 averaged 0.8706;
+    bench/noise_precision.py), so 2: a third chain costs what many more sweeps do."""
+    if config.family != "bayes":
+        return 1
+    return 4 if config.noise_precision is None else 2
 
 
 class Steps(Protocol):
@@ -69,7 +72,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     tracker.log_text(_trials_csv(study), "trials.csv")
     tracker.log_parent(  # the champion's own scores go with its model (_log_and_register)
         params={f"best.{k}": v for k, v in best.user_attrs["config"].items()},
-        metrics={"study_best_valid_rmse": valid_rmse(best),
+        metrics={**_champion_valid(study, best),
                  **{f"reference.{k}_{m}": v for k, scores in references.items() for m, v in scores.items()}},
         tags={"best_trial": best.number})
     key = {"optuna.study_name": study.study_name, "optuna.best_trial": str(best.number)}
@@ -87,6 +90,16 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
         "alias_uri": f"models:/{register_as}@{alias}" if alias else None,
         "compare_link": tracker.trials_view_link(study.study_name),
     }
+
+
+def _champion_valid(study: optuna.Study, best) -> dict[str, float]:
+    """The champion's valid scores for the parent run: `study_best_valid_rmse` where valid RMSE is
+    the only objective (the study's best); otherwise `champion_<objective>` for valid RMSE and each
+    objective (the champion is not the best of each)."""
+    names = study.metric_names or ["valid_rmse"]
+    if names == ["valid_rmse"]:
+        return {"study_best_valid_rmse": valid_rmse(best)}
+    return {"champion_valid_rmse": valid_rmse(best), **{f"champion_{n}": v for n, v in zip(names, best.values)}}
 
 
 def _trials_csv(study: optuna.Study) -> str:
@@ -110,7 +123,7 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
 
     def refit_and_test(config: dict, epochs: int, name: str) -> tuple:
         config = TrainConfig(**config)
-        chains = REFIT_CHAINS if config.family == "bayes" else 1
+        chains = refit_chains(config)
         shown = steps.epochs(f"refit {name}" + (f", {chains} chains" if chains > 1 else ""),
                              refit_epochs(config, epochs) * chains, config.family)
         counted = itertools.count(1)  # the chains' sweeps one after the other
@@ -178,7 +191,7 @@ def _log_and_register(model, data: Split, tracker: Tracker, scores: dict, regist
 def log_study_inputs(tracker: Tracker, space_path: Path, space, data: Split, cap: int, study_name: str) -> None:
     """The parent run's inputs, logged once by the process that created it: the search space, the
     resolved configuration, and the three parts as `mlflow.data` datasets (a 10,000-row preview)."""
-    tracker.share_trials_view(study_name, space.searched())
+    tracker.share_trials_view(study_name, space.searched(), space.view_order())
     tracker.log_text(space_path.read_text(), "search_space.yaml")
     tracker.log_text(json.dumps({"space": space.model_dump(), "split": data.settings, "split_summary": data.summary(),
                                  "trials_cap": cap, "study_name": study_name}, indent=2, default=str),

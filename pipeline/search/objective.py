@@ -1,4 +1,5 @@
-"""One trial: its config, its MLflow child run, its training reported per epoch and prunable, and
+"""One trial: its config, its MLflow child run, its training (reported per epoch and prunable when
+the objective is valid RMSE alone), its objective values, and
 the one rule (`ending`) that maps how it ended to its Optuna state and its run's status.
 
 Trials are asked, trained and told by `pipeline.search.batch` (ask/tell, the one way a trial
@@ -154,7 +155,7 @@ class Objective:
     def fit(self, members: list[tuple[optuna.Trial, TrainConfig, TrialRun | _NoRun]], on_end: EndCallback,
             on_epoch: Watch | None = None) -> None:
         """Train the members' models together (configs of one `stack_key`, or one member alone), each
-        reported and prunable epoch by epoch; `on_end(k, outcome)` as soon as member k ends (its
+        logged epoch by epoch (and reported and prunable: `SearchSpace.prunes`); `on_end(k, outcome)` as soon as member k ends (its
         result or the exception that ended it), so Ctrl-C later in the stack loses only the others.
         on_epoch(trial number, epoch, valid RMSE): told each member's epoch (the progress line)."""
         fit_stack(self.train, [config for _, config, _ in members],

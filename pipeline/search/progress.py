@@ -211,7 +211,10 @@ class Progress:
         self.done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         try:
             best = champion(study)
-            self.best = f"best valid RMSE {valid_rmse(best):.4f} (trial {best.number})"
+            names = study.metric_names or ["valid_rmse"]
+            score = f"valid RMSE {valid_rmse(best):.4f}" if len(names) > 1 or names == ["valid_rmse"] else \
+                f"{names[0]} {best.value:.4f}"  # one objective other than valid RMSE: its best
+            self.best = f"best {score} (trial {best.number})"
         except ValueError:
             self.best = "no complete trial yet"
         state = trial.state.name.lower()

@@ -226,7 +226,7 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _prunes_rmse_only(self):
-        if self.objective != ["rmse"] and "pruner" in self.model_fields_set and self.pruner.type != "none":
+        if not self.prunes() and "pruner" in self.model_fields_set and self.pruner.type != "none":
             raise ValueError(f"pruner {self.pruner.type!r} with objective {self.objective}: a pruner compares each "
                              "epoch's valid RMSE, so it needs `objective: rmse`; use `pruner: {type: none}`")
         return self
@@ -257,8 +257,14 @@ class SearchSpace(_Strict):
         return [OBJECTIVES[name][1] for name in self.objective]
 
     def metric_names(self) -> list[str]:
-        """Each objective's name in Optuna (dashboards, `trials_dataframe`) and in the trials' runs."""
+        """Each objective's name in Optuna (dashboards, `trials_dataframe`) and the trials' user attrs."""
         return [OBJECTIVES[name][0] for name in self.objective]
+
+    def view_order(self) -> tuple[str, bool]:
+        """The trials' run metric that the comparison view sorts by (the first objective's), and
+        whether lowest first."""
+        _, direction, metric = OBJECTIVES[self.objective[0]]
+        return metric, direction == "minimize"
 
     def prunes(self) -> bool:
         """Whether trials report each epoch's valid RMSE to Optuna (and may be pruned on it)."""
@@ -267,7 +273,7 @@ class SearchSpace(_Strict):
     def digest(self) -> str:
         """sha256 of the space's content (not its file name): a study is tied to one digest. The
         default objective is left out, so spaces written before it existed keep their digest."""
-        exclude = {"name", "stack", "register_as"} | ({"objective"} if self.objective == ["rmse"] else set())
+        exclude = {"name", "stack", "register_as"} | ({"objective"} if self.prunes() else set())
         blob = json.dumps(self.model_dump(exclude=exclude), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 

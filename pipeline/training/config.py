@@ -90,7 +90,7 @@ class TrainConfig(BaseModel):
             (self.features in IMPLICIT, "features", f"one of {', '.join(IMPLICIT)}"),
             (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
             (self.noise_precision is None or 0 < self.noise_precision < math.inf, "noise_precision",
-             "> 0 and finite, or None (sampled)"),
+             "> 0 and finite, or None (drawn)"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.factors >= 1, "factors", ">= 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),

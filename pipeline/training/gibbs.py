@@ -61,8 +61,8 @@ class _Sampler:
         self.item = Side(items, users, n_items + 1, n_users + 1, width + ITEM_ONE, width)
         init = lambda n: torch.randn(n, width, generator=generator, device=device) * init_std  # noqa: E731
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
-        self.fixed_alpha = noise_precision  # None: drawn every sweep
-        self.alpha = torch.full((), noise_precision or 1.0, device=device)
+        self.draws_alpha = noise_precision is None
+        self.alpha = torch.full((), 1.0 if noise_precision is None else noise_precision, device=device)
         # Σ target², and per user Σ target and the count: the train SSE's first term, without gathers.
         counts = torch.bincount(users, minlength=n_users + 1).double()
         sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
@@ -106,7 +106,7 @@ class _Sampler:
         S, t = self._side_step(self.Q, self.blocks["item"], self.item, U)
         sse = self._sse(U[:, USER_BIAS].double(), self.totals()[1][:, self.item.learned], S, t)
         n = len(self.target)
-        if self.fixed_alpha is None:
+        if self.draws_alpha:
             self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
         return sse / n
 
