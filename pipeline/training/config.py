@@ -125,7 +125,7 @@ class TrainConfig(BaseModel):
 
     def used(self) -> dict:
         """The settings this config's family trains with, as trained (l2_bias resolved; patience
-        off and a sampled noise precision are no entry): a bayes model has no optimizer, lr or
+        off and a drawn noise precision are no entry): a bayes model has no optimizer, lr or
         batch size, mf no burn-in or noise precision, and momentum is sgd's alone."""
         unused = {"bayes": _MF_ONLY, "mf": ("burn_in", "noise_precision")}[self.family]
         if self.optimizer != "sgd" or self.family == "bayes":
