@@ -6,12 +6,17 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-__all__ = ["OBJECTIVES", "champion", "pareto_front", "valid_rmse"]
+__all__ = ["OBJECTIVES", "champion", "metric_names", "pareto_front", "valid_rmse"]
 
 # A space's objective name -> (its name in Optuna and the trial's user attr, Optuna's direction,
 # the metric of the trial's MLflow run that holds it).
 OBJECTIVES = {"rmse": ("valid_rmse", "minimize", "best_valid_rmse"),
               "ndcg@10": ("valid_ndcg_at_10", "maximize", "valid_ndcg_at_10")}
+
+
+def metric_names(study: optuna.Study) -> list[str]:
+    """The study's objectives as named in Optuna (a study from before the names: valid RMSE alone)."""
+    return study.metric_names or ["valid_rmse"]
 
 
 def valid_rmse(trial: FrozenTrial) -> float | None:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from pipeline.objectives import valid_rmse  # noqa: E402
+from pipeline.objectives import metric_names, valid_rmse  # noqa: E402
 
 __all__ = ["IMPORTANCE_MIN_TRIALS", "study_figures"]
 
@@ -43,7 +43,7 @@ def study_figures(study: optuna.Study, best_n: int = 5) -> tuple[dict[str, plt.F
         warnings.simplefilter("ignore")
         figures["optimization_history.png"] = _sized(optuna.visualization.matplotlib.plot_optimization_history(
             study, target=valid_rmse if several else None,
-            target_name="valid_rmse" if several else (study.metric_names or ["valid_rmse"])[0]))
+            target_name="valid_rmse" if several else metric_names(study)[0]))
         if several:
             figures["pareto_front.png"] = _sized(optuna.visualization.matplotlib.plot_pareto_front(study))
     for family, trials in _by_family(complete).items():

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from pipeline.bundle import save_model
 from pipeline.evaluate import Metrics, baselines, biases_only, evaluate
-from pipeline.objectives import champion, pareto_front, valid_rmse
+from pipeline.objectives import champion, metric_names, pareto_front, valid_rmse
 from pipeline.ranking import VALID_RANKING, popularity_model, ranking_metrics, ranking_sets
 from pipeline.split import Split
 from pipeline.tracking import Tracker
@@ -65,7 +65,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     steps: told each step as it starts (`pipeline.search.progress.Steps`; default: nothing said)."""
     steps = steps or _SILENT
     best = champion(study)
-    model, test, ranks, references = _score(study, data, device, seed, reference, steps)
+    model, test, ranks, references = _score(study, best, data, device, seed, reference, steps)
     steps("figures")
     figures, skipped = _log_figures(study, tracker)
     steps("logging the trials and scores")
@@ -81,7 +81,7 @@ def finish(study: optuna.Study, data: Split, tracker: Tracker, *, device: torch.
     return {
         "study": study.study_name, "best_trial": best.number, "best_params": best.user_attrs["config"],
         "best_epoch": best.user_attrs["best_epoch"], "best_valid_rmse": valid_rmse(best),
-        "objective": study.metric_names, "pareto_front": [t.number for t in pareto_front(study)],
+        "objective": metric_names(study), "pareto_front": [t.number for t in pareto_front(study)],
         "best_valid_ranking": {key: best.user_attrs[key] for key in VALID_RANKING if key in best.user_attrs},
         "test_rmse": test.rmse, "test_mae": test.mae, **ranks, "reference": references,
         "trials": {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState},
@@ -96,7 +96,7 @@ def _champion_valid(study: optuna.Study, best) -> dict[str, float]:
     """The champion's valid scores for the parent run: `study_best_valid_rmse` where valid RMSE is
     the only objective (the study's best); otherwise `champion_<objective>` for valid RMSE and each
     objective (the champion is not the best of each)."""
-    names = study.metric_names or ["valid_rmse"]
+    names = metric_names(study)
     if names == ["valid_rmse"]:
         return {"study_best_valid_rmse": valid_rmse(best)}
     return {"champion_valid_rmse": valid_rmse(best), **{f"champion_{n}": v for n, v in zip(names, best.values)}}
@@ -115,8 +115,8 @@ def _trials_csv(study: optuna.Study) -> str:
     } for t in study.trials]).to_csv(index=False)
 
 
-def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, reference: bool, steps: Steps):
-    """The best trial refit and tested, and the references' test scores: (model, Metrics, ranking
+def _score(study: optuna.Study, best, data: Split, device: torch.device, seed: int, reference: bool, steps: Steps):
+    """The champion `best` refit and tested, and the references' test scores: (model, Metrics, ranking
     metrics, {name: scores})."""
     fit_rows, test_rows = data.part("train+valid"), data.part("test")  # encoded once, used thrice
     test_on_device = test_rows.to(device)
@@ -138,7 +138,6 @@ def _score(study: optuna.Study, data: Split, device: torch.device, seed: int, re
     def ranked(model) -> dict:
         return ranking_metrics(model, fit_rows, test_rows, sets=sets)
 
-    best = champion(study)
     model, test = refit_and_test(best.user_attrs["config"], best.user_attrs["best_epoch"], f"trial {best.number}")
     steps(f"ranking metrics of trial {best.number}")
     ranks = ranked(model)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.objectives import champion, valid_rmse
+from pipeline.objectives import champion, metric_names, valid_rmse
 
 __all__ = ["Plan", "Progress", "Steps", "clock_text", "eta_seconds", "future_epochs"]
 
@@ -211,7 +211,7 @@ class Progress:
         self.done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         try:
             best = champion(study)
-            names = study.metric_names or ["valid_rmse"]
+            names = metric_names(study)
             score = f"valid RMSE {valid_rmse(best):.4f}" if len(names) > 1 or names == ["valid_rmse"] else \
                 f"{names[0]} {best.value:.4f}"  # one objective other than valid RMSE: its best
             self.best = f"best {score} (trial {best.number})"
