@@ -18,12 +18,18 @@ import torch
 
 from pipeline.training.blocks import Fold
 
-__all__ = ["FoldBasis", "draw_block"]
+__all__ = ["FoldBasis", "draw_block", "symmetric_matvec"]
 
 # Warm-started from the current block. With Jacobi alone the chain needed ~60 to reach its target
 # (with 6 it drew the implicit blocks' precisions 5-10x too large, with 16 still 1.4-1.6x).
 _CG_ITERATIONS = 8
 _BASIS_CAP = 32  # G's top eigenvectors kept: (cols, 32) floats per block
+
+
+def symmetric_matvec(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """S_r x_r per row for symmetric S (rows, d, d), x (rows, d): computed as x_rᵀ S_r, which
+    torch's CPU bmm runs ~8x faster than S_r x_r (a (1, d) row against each (d, d); ml-100k, d 25)."""
+    return (x[:, None, :] @ S).squeeze(1)
 
 
 class FoldBasis:
@@ -77,7 +83,7 @@ def draw_block(W: torch.Tensor, fold: Fold, S: torch.Tensor, residual: torch.Ten
     b = lam * mean + lam.sqrt() * torch.randn(W.shape, generator=generator, device=W.device) + fold.unfold(residual)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        return lam * x + alpha * fold.unfold((S @ fold.fold(x)[:, :, None]).squeeze(2))
+        return lam * x + alpha * fold.unfold(symmetric_matvec(S, fold.fold(x)))
 
     diagonal = lam + alpha * (fold.A2t @ torch.diagonal(S, dim1=1, dim2=2))
     typical = lam if lam.dim() == 1 else lam.mean(0)

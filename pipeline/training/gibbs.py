@@ -33,7 +33,7 @@ import torch
 from pipeline.evaluate import clamped_error
 from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, widen
 from pipeline.split import Interactions
-from pipeline.training.block_draw import FoldBasis, draw_block
+from pipeline.training.block_draw import FoldBasis, draw_block, symmetric_matvec
 from pipeline.training.blocks import Fold, Side
 
 __all__ = ["GibbsEngine", "average", "export"]
@@ -114,7 +114,7 @@ class _Sampler:
         """Σ (r − μ − U_u·V_i)² over the fitted rows from the item step's S, t (no per-row gathers):
         Σ (r − μ − b_u)² − 2 Σ_i x_i·t_i + Σ_i x_iᵀ S_i x_i; b (users,), x (items, d): V's learned columns."""
         square, sums, counts = self.moments
-        quadratic = (x * (S @ x[:, :, None]).squeeze(2)).double().sum()
+        quadratic = (x * symmetric_matvec(S, x)).double().sum()
         return square - 2 * (b * sums).sum() + (counts * b * b).sum() - 2 * (x * t).double().sum() + quadratic
 
     def _side_step(self, own: torch.Tensor, blocks: list, side: Side, other_total: torch.Tensor):
@@ -129,13 +129,13 @@ class _Sampler:
         offset = sum(folded, torch.zeros_like(t))
         mean, lam = _hyper(own[side.has_data][:, side.learned], self.g)
         precision = torch.diag_embed(lam.expand_as(t)) + self.alpha * S
-        rhs = lam * mean + self.alpha * (t - (S @ offset[:, :, None]).squeeze(2))
+        rhs = lam * mean + self.alpha * (t - symmetric_matvec(S, offset))
         own[:, side.learned] = _gaussian(precision, rhs, self.g)
         for b, (fold, table, basis, sizes) in enumerate(blocks):
             rest = sum((part for c, part in enumerate(folded) if c != b), own[:, side.learned])
             # Σ X_j ε_j over each own row's observations: the targets' noise, for the joint draw.
             noise = side.matrix(torch.randn(len(side.own), generator=self.g, device=X.device)) @ X
-            residual = self.alpha * (t - (S @ rest[:, :, None]).squeeze(2)) + self.alpha.sqrt() * noise
+            residual = self.alpha * (t - symmetric_matvec(S, rest)) + self.alpha.sqrt() * noise
             prior = _group_priors(table[:, side.learned], fold.other_has_data, sizes, self.g)
             table[:, side.learned] = draw_block(table[:, side.learned], fold, S, residual, self.alpha, prior,
                                                 basis, self.g)
