@@ -14,6 +14,9 @@ Side features: a model trained with them carries each feature group's table W_g 
 gets the row fallback + Σ_g k_g^-1/2 Σ_v W_g[v] (k_g: its number of values in group g), the row the
 trainer folds for a known one minus its own part. `fold_features` is that sum, in process and in
 the export (`FeatureScorer`).
+
+Ordinal output: `OrdinalMF` is the same tables read as a latent score, mapped to the expected
+rating by an ordered probit (`ordinal_mean`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 from torch import nn
 
 __all__ = ["ITEM_BIAS", "ITEM_ONE", "SIDES", "USER_BIAS", "USER_ONE", "FeatureScorer", "MatrixFactorization",
-           "RawIdScorer", "feature_entries", "fold_features", "learned_columns", "narrow", "widen"]
+           "OrdinalMF", "RawIdScorer", "feature_entries", "fold_features", "learned_columns", "narrow", "ordinal_mean",
+           "widen"]
 
 SIDES = ("user", "item")
 
@@ -102,7 +106,11 @@ class MatrixFactorization(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users, items: int64 (N,) table rows -> unclamped scores float32 (N,)."""
-        return (self.users[users] * self.items[items]).sum(1) + self.global_mean
+        return self.output(self.users[users] * self.items[items])
+
+    def output(self, products: torch.Tensor) -> torch.Tensor:
+        """Scores from the rows' elementwise products (N, factors + 2) -> float32 (N,): μ + their sum."""
+        return products.sum(1) + self.global_mean
 
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores clamped to the rating scale, float32 (N,)."""
@@ -111,7 +119,11 @@ class MatrixFactorization(nn.Module):
     def score_rows(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Rows in, as `predict` scores table rows: users (N, factors + 2), items (N, factors + 2) ->
         clamped float32 (N,)."""
-        return ((users * items).sum(1) + self.global_mean).clamp(self.rating_scale[0], self.rating_scale[1])
+        return self.output(users * items).clamp(self.rating_scale[0], self.rating_scale[1])
+
+    def score_items(self, users: torch.Tensor) -> torch.Tensor:
+        """Every known item's unclamped score for user rows (N, factors + 2) -> (N, n_items): one matmul."""
+        return users @ self.items[: self.n_items].T + self.global_mean
 
     def feature_tables(self, side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """`side`'s tables stacked: (Σ_g n_values_g, factors + 2) and each group's first row, int64 (G,);
@@ -148,6 +160,55 @@ class MatrixFactorization(nn.Module):
     @property
     def item_bias(self) -> torch.Tensor:
         return self.items[:-1, ITEM_BIAS]
+
+
+class OrdinalMF(MatrixFactorization):
+    """The bayes family's ordinal output as a scorer: an ordered probit over a latent score.
+
+    f = μ + U_u·V_i is the posterior mean of the latent rating (the tables as above), and
+    r̂ = ℓ_1 + Σ_k (ℓ_{k+1} − ℓ_k) Φ((f − c_k) a) (`ordinal_mean`), within [ℓ_1, ℓ_K]: the
+    expected rating when the latent's posterior about f is normal (for f' ~ N(f, v), E Φ((f' − c)
+    / σ) = Φ((f − c) / sqrt(σ² + v)): a = 1 / sqrt(σ² + v), σ² the noise's variance and v the
+    latent's posterior variance, both averaged; `pipeline.training.ordinal`). Buffers:
+    `cutpoints` (K − 1,) increasing, `scale` () = a, `levels` (K,) the ratings' levels.
+    `pooled`: (σ², the mean of the samples' squared latents over the fitted rows), what chains'
+    posteriors need to be pooled (`gibbs.average`); a plain attribute, as `side_tables` is.
+    """
+
+    def __init__(self, n_users: int, n_items: int, factors: int, global_mean: float,
+                 rating_scale: tuple[float, float], cutpoints: torch.Tensor, scale: float, levels: torch.Tensor,
+                 pooled: tuple[float, float]) -> None:
+        super().__init__(n_users, n_items, factors, global_mean, rating_scale)
+        self.register_buffer("cutpoints", cutpoints.float().clone())
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("levels", levels.float().clone())
+        self.pooled = pooled
+
+    @classmethod
+    @torch.no_grad()
+    def over(cls, latent: MatrixFactorization, cutpoints: torch.Tensor, scale: float, levels: torch.Tensor,
+             pooled: tuple[float, float]) -> OrdinalMF:
+        """The ordinal scorer over a latent model's tables and side tables (copied)."""
+        model = cls(latent.n_users, latent.n_items, latent.factors, latent.global_mean.item(),
+                    tuple(latent.rating_scale.tolist()), cutpoints, scale, levels, pooled).to(latent.users.device)
+        model.users.copy_(latent.users)
+        model.items.copy_(latent.items)
+        model.side_tables = {side: [t.clone() for t in tables] for side, tables in latent.side_tables.items()}
+        return model
+
+    def output(self, products: torch.Tensor) -> torch.Tensor:
+        return ordinal_mean(super().output(products), self.cutpoints, self.scale, self.levels)
+
+    def score_items(self, users: torch.Tensor) -> torch.Tensor:
+        return ordinal_mean(super().score_items(users), self.cutpoints, self.scale, self.levels)
+
+
+def ordinal_mean(latent: torch.Tensor, cutpoints: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor
+                 ) -> torch.Tensor:
+    """The ordered probit's expected rating: latent (...,), cutpoints (K − 1,), scale (), levels
+    (K,) -> (...,) of the latent's dtype: ℓ_1 + Σ_k (ℓ_{k+1} − ℓ_k) Φ((f − c_k) a)."""
+    above = 0.5 * torch.erfc((cutpoints - latent[..., None]) * (scale * 0.5**0.5))  # P(rating > ℓ_k)
+    return levels[0] + (above * levels.diff()).sum(-1)
 
 
 class RawIdScorer(nn.Module):

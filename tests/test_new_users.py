@@ -38,15 +38,16 @@ def _side_features(rng, kinds: str):
     return ids, users, items
 
 
-def _data(kinds: str):
-    """Ratings driven by the features (gender, age, genre), each user ~14 of them; side features
-    of every kind, the NEW last users and items without ratings."""
+def _data(kinds: str, stars: bool = False):
+    """Ratings driven by the features (gender, age, genre), each user ~14 of them (`stars`: rounded
+    to 1-5); side features of every kind, the NEW last users and items without ratings."""
     rng = np.random.default_rng(7)
     user_ids, users, items = _side_features(rng, kinds)
     u, i = np.repeat(np.arange(USERS), 14), rng.integers(0, ITEMS, USERS * 14)
     taste = np.array([0.8 if g == "F" else -0.6 for g in users["gender"]]) + (np.array(users["age"], int) > 40) * 0.5
     action = np.array(["Action" in g for g in items["genre"]])
     rating = np.clip(3.4 + taste[u] * np.where(action[i], -1, 1) + rng.normal(0, 0.3, len(u)), 1, 5)
+    rating = rating.round() if stars else rating
     frame = pd.DataFrame({"user_id": user_ids[u], "item_id": i, "rating": rating.astype("float32"),
                           "timestamp": np.zeros(len(u), dtype="int64")}).drop_duplicates(["user_id", "item_id"])
     ratings = canonical(frame, name="tiny", rating_scale=(1.0, 5.0), source="test").replace(
@@ -56,8 +57,10 @@ def _data(kinds: str):
 
 
 def _fit_and_save(folder, data, mode: str, family: str = "mf"):
+    """family: mf, bayes or ordinal (bayes with ordinal output)."""
     config = TrainConfig(factors=4, epochs=6, lr=0.02, batch_size=64, features=mode) if family == "mf" else \
-        TrainConfig(family="bayes", factors=4, epochs=8, burn_in=3, init_std=0.1, features=mode)
+        TrainConfig(family="bayes", factors=4, epochs=8, burn_in=3, init_std=0.1, features=mode,
+                    **(dict(output="ordinal", noise_precision=1.0) if family == "ordinal" else {}))
     model = fit(data.part("train+valid"), config, features=data.features, **data.dims).model
     seen = data.ratings.frame.iloc[np.concatenate([data.train_rows, data.valid_rows])]
     save_model(folder, model, user_ids=data.user_ids, item_ids=data.item_ids, seen=seen, titles={1: "One"},
@@ -69,19 +72,19 @@ def _fit_and_save(folder, data, mode: str, family: str = "mf"):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{name: (model, split, users' text, items' text, folder, server)}: features both (integer
-    and string user ids; the bayes family), user only, none; a server for each but the string and
-    bayes ones."""
+    and string user ids; the bayes family, its ordinal output on ratings in stars), user only,
+    none; a server for each but the string and bayes ones."""
     root = tmp_path_factory.mktemp("new-users")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         patch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "false")
         built = {}
         for name, kinds, mode in (("both", "int", "both"), ("both-str", "str", "both"), ("user", "int", "user"),
-                                  ("none", "int", "none"), ("bayes", "int", "both")):
-            data, users, items = _data(kinds)
-            built[name] = (_fit_and_save(root / name, data, mode, "bayes" if name == "bayes" else "mf"), data, users,
-                           items, root / name)
-        servers = {name: _Server(b[-1]) for name, b in built.items() if name not in ("both-str", "bayes")}
+                                  ("none", "int", "none"), ("bayes", "int", "both"), ("ordinal", "int", "both")):
+            data, users, items = _data(kinds, stars=name == "ordinal")
+            family = name if name in ("bayes", "ordinal") else "mf"
+            built[name] = (_fit_and_save(root / name, data, mode, family), data, users, items, root / name)
+        servers = {name: _Server(b[-1]) for name, b in built.items() if name not in ("both-str", "bayes", "ordinal")}
         yield {name: (*b, servers.get(name)) for name, b in built.items()}
         for server in servers.values():
             server.close()
@@ -122,7 +125,7 @@ def _in_process(model, data, frame: pd.DataFrame) -> np.ndarray:
         return model.score_rows(*rows).numpy()
 
 
-@pytest.mark.parametrize("name", ["both", "both-str", "bayes"])
+@pytest.mark.parametrize("name", ["both", "both-str", "bayes", "ordinal"])
 def test_new_ids_score_from_their_features_as_the_model_tables_say(models, name):
     model, data, users, items, folder, _ = models[name]
     frame = _requests(data, users, items)
@@ -233,7 +236,7 @@ def test_the_served_encoder_agrees_with_side_features_on_every_group_kind(models
         {"numeric", "categorical", "multi"}
 
 
-@pytest.mark.parametrize("name", ["both", "bayes"])
+@pytest.mark.parametrize("name", ["both", "bayes", "ordinal"])
 def test_the_exported_scorer_equals_the_trainer_for_known_ids(models, name):
     import mlflow
 

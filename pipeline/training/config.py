@@ -12,13 +12,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.evaluate import _CHUNK
 
-__all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "TrainConfig"]
+__all__ = ["FAMILIES", "IMPLICIT", "OPTIMIZERS", "OUTPUTS", "TrainConfig"]
 
 # torch.optim's update rules (its own classes, one optimizer per model of a stack); "sparse_sgd"
 # is plain SGD applied only to the rows in the batch (lazy: no dense state), as in Funk / Surprise SVD.
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "sparse_sgd")
 FAMILIES = ("mf", "bayes")
 IMPLICIT = ("none", "user", "item", "both")
+OUTPUTS = ("regression", "ordinal")
 
 
 # What only the mf family trains with (the Gibbs sampler has priors, not an optimizer).
@@ -47,7 +48,13 @@ class TrainConfig(BaseModel):
     """bayes: the ratings' noise precision α (1 / the variance of a rating about its prediction).
     None: drawn every sweep from its Gamma posterior (libFM's and myFM's rule), which follows the
     train error down as the rank grows, so the chain drifts to a posterior that fits noise; a
-    number: held fixed (as BPMF does, Salakhutdinov & Mnih 2008), a regularizer to search."""
+    number: held fixed (as BPMF does, Salakhutdinov & Mnih 2008), a regularizer to search. With
+    ordinal output, the precision of the latent rating's noise (on the ratings' scale too)."""
+    output: str = "regression"
+    """bayes: regression (a rating is its score plus Gaussian noise) or ordinal (an ordered probit:
+    the ratings' distinct values are ordered levels, at most 20, a rating the level whose interval
+    the noisy score fell in, the inner cutpoints sampled too; the prediction is the expected
+    rating under the posterior, in a scorer the size of the regression's)."""
     factors: int = 30
     """Latent dimensions k of p_u and q_i."""
     optimizer: str = "adam"
@@ -88,6 +95,8 @@ class TrainConfig(BaseModel):
             (self.family in FAMILIES, "family", f"one of {', '.join(FAMILIES)}"),
             (self.implicit in IMPLICIT, "implicit", f"one of {', '.join(IMPLICIT)}"),
             (self.features in IMPLICIT, "features", f"one of {', '.join(IMPLICIT)}"),
+            (self.output in OUTPUTS, "output", f"one of {', '.join(OUTPUTS)}"),
+            (self.output == "regression" or self.family == "bayes", "output", "regression with family mf"),
             (0 <= self.burn_in < self.epochs or self.family != "bayes", "burn_in", ">= 0 and < epochs"),
             (self.noise_precision is None or 0 < self.noise_precision < math.inf, "noise_precision",
              "> 0 and finite, or None (drawn)"),
@@ -126,8 +135,8 @@ class TrainConfig(BaseModel):
     def used(self) -> dict:
         """The settings this config's family trains with, as trained (l2_bias resolved; patience
         off and a drawn noise precision are no entry): a bayes model has no optimizer, lr or
-        batch size, mf no burn-in or noise precision, and momentum is sgd's alone."""
-        unused = {"bayes": _MF_ONLY, "mf": ("burn_in", "noise_precision")}[self.family]
+        batch size, mf no burn-in, noise precision or output, and momentum is sgd's alone."""
+        unused = {"bayes": _MF_ONLY, "mf": ("burn_in", "noise_precision", "output")}[self.family]
         if self.optimizer != "sgd" or self.family == "bayes":
             unused += ("momentum",)
         values = {k: v for k, v in self.to_dict().items() if k not in unused and v is not None}
@@ -181,12 +190,15 @@ def _bayes_bytes(c: TrainConfig, s: _Shape) -> int:
     (S, the diagonal prior, αS and their sum: 16 R d² bytes, d = factors + 1; then S, the
     precision and its Cholesky factor: less), the train error's gathers (U[u], V[i], their product:
     12 w + 16 B per row), the valid's (12 w B per valid row); plus 3 pairs of per-row working
-    copies. Or the export's peak (`_export_bytes`), after the last sweep."""
+    copies. Or the export's peak (`_export_bytes`), after the last sweep. Ordinal output holds 20 B
+    more per row (each row's level, latent mean and its running sum), its sweep 64 B per row more
+    (the probit's float64 passes), its export one more pair of tables (the scorer's copy)."""
+    ordinal = c.output == "ordinal"
     samples, d = c.epochs - c.burn_in, c.factors + 1
     blocks = sum(block for _, block in _blocks(c.implicit, s))
-    held = s.tables * (samples + 2) + 3 * blocks + (2 * 52 + 25) * s.rows + 8 * s.valid
-    sweep = max(16 * max(s.users, s.items) * d * d, (12 * s.width + 16) * s.rows, 12 * s.width * s.valid)
-    return held + max(sweep + 3 * s.tables, _export_bytes(c.factors, samples, s))
+    held = s.tables * (samples + 2) + 3 * blocks + (2 * 52 + 25 + 20 * ordinal) * s.rows + 8 * s.valid
+    sweep = max(16 * max(s.users, s.items) * d * d, (12 * s.width + 16 + 64 * ordinal) * s.rows, 12 * s.width * s.valid)
+    return held + max(sweep + 3 * s.tables, _export_bytes(c.factors, samples, s) + ordinal * s.tables)
 
 
 def _export_bytes(factors: int, samples: int, s: _Shape) -> int:

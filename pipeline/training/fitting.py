@@ -108,7 +108,8 @@ def refit(rows: Interactions, config: TrainConfig, epochs: int, *, chains: int =
     count that valid data chose; for bayes at least one kept sample), with no early stopping:
     there is nothing left to validate on. `fit_options`: fit's keywords (n_users, ..., seed, device).
     chains (bayes; mf ignores it): independent chains, seeded seed + 1000 c, whose posterior means
-    are averaged into one model (`gibbs.average`); the result's history is the first chain's."""
+    are averaged into one model (`gibbs.average`; ordinal ones pooled over `rows`); the result's
+    history is the first chain's."""
     config = config.replace(epochs=refit_epochs(config, epochs), patience=None)
     if config.family != "bayes" or chains == 1:
         return fit(rows, config, **fit_options)
@@ -116,7 +117,7 @@ def refit(rows: Interactions, config: TrainConfig, epochs: int, *, chains: int =
 
     seed = fit_options.pop("seed", 0)
     results = [fit(rows, config, seed=seed + 1000 * c, **fit_options) for c in range(chains)]
-    return replace(results[0], model=average([r.model for r in results]),
+    return replace(results[0], model=average([r.model for r in results], (rows.users, rows.items)),
                    train_seconds=sum(r.train_seconds for r in results))
 
 

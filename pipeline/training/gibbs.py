@@ -31,10 +31,12 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluate import clamped_error
-from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, widen
+from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, OrdinalMF, ordinal_mean, widen
 from pipeline.split import Interactions
 from pipeline.training.block_draw import FoldBasis, draw_block, symmetric_matvec
 from pipeline.training.blocks import Fold, Side
+from pipeline.training import ordinal
+from pipeline.training.ordinal import OrderedProbit
 
 __all__ = ["GibbsEngine", "average", "export"]
 
@@ -50,12 +52,12 @@ class _Sampler:
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
                  init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None,
-                 noise_precision: float | None = None) -> None:
+                 noise_precision: float | None = None, ordinal: bool = False) -> None:
         device, width = train.ratings.device, factors + 2
         known = (train.users < n_users) & (train.items < n_items)  # cold rows have no identity to learn
-        users, items, ratings = train.users[known], train.items[known], train.ratings[known]
-        self.mu = ratings.double().mean().item()
-        self.target = ratings - self.mu
+        users, items, self.ratings = train.users[known], train.items[known], train.ratings[known]
+        self.probit = OrderedProbit(self.ratings, generator) if ordinal else None  # its targets: latents
+        self.mu = self.ratings.double().mean().item()
         self.g = generator
         self.user = Side(users, items, n_users + 1, n_items + 1, width + USER_ONE, width)
         self.item = Side(items, users, n_items + 1, n_users + 1, width + ITEM_ONE, width)
@@ -63,10 +65,9 @@ class _Sampler:
         self.P, self.Q = init(n_users + 1), init(n_items + 1)
         self.draws_alpha = noise_precision is None
         self.alpha = torch.full((), 1.0 if noise_precision is None else noise_precision, device=device)
-        # Σ target², and per user Σ target and the count: the train SSE's first term, without gathers.
-        counts = torch.bincount(users, minlength=n_users + 1).double()
-        sums = torch.zeros(n_users + 1, dtype=torch.float64, device=device).index_add_(0, users, self.target.double())
-        self.moments = (self.target.double().square().sum(), sums, counts)
+        self.counts = torch.bincount(users, minlength=n_users + 1).double()
+        self._set_target(self.ratings - self.mu if self.probit is None else
+                         self.probit.latents(torch.full_like(self.ratings, self.mu), self.alpha) - self.mu)
         # Each block starts at 0; its preconditioner basis is built once per fit (from the generator,
         # before any sweep).
         self.blocks = {}
@@ -88,18 +89,32 @@ class _Sampler:
             table[~fold.other_has_data] = 0.0  # block rows no row reads
             table[:, fold.const] = 0.0
 
+    def _set_target(self, target: torch.Tensor) -> None:
+        """The regression's targets (N,), with Σ target² and per user Σ target: the train SSE's
+        first terms, without gathers (`_sse`)."""
+        self.target = target
+        sums = torch.zeros_like(self.counts).index_add_(0, self.user.own, target.double())
+        self.moments = (target.double().square().sum(), sums, self.counts)
+
     def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """U = P + A Y + Σ F_g W_g and V = Q + C Z + Σ G_g X_g: (n_users + 1, K + 2), (n_items + 1, K + 2)."""
         return tuple(sum((fold.fold(table) for fold, table, *_ in self.blocks[side]), own)
                      for own, side in ((self.P, "user"), (self.Q, "item")))
 
-    def feature_tables(self) -> dict[str, list[torch.Tensor]]:
-        """Copies of the feature groups' tables per side (`MatrixFactorization.side_tables`' layout)."""
-        return {side: [t.clone() for t in table.split(sizes)] for side in SIDES
-                for fold, table, _, sizes in self.blocks[side] if not isinstance(fold, Side)}
+    def sample(self) -> tuple:
+        """A copy of the current sample, as `export` takes it: (U, V, the feature groups' tables per
+        side (`MatrixFactorization.side_tables`' layout)), and for ordinal output `ordinal.link`'s
+        terms: the cutpoints (K − 1,), the noise variance 1/α and the mean squared latent ()."""
+        U, V = (t.clone() for t in self.totals())
+        tables = {side: [t.clone() for t in table.split(sizes)] for side in SIDES
+                  for fold, table, _, sizes in self.blocks[side] if not isinstance(fold, Side)}
+        if self.probit is None:
+            return U, V, tables
+        return U, V, tables, self.probit.cutpoints.clone(), 1 / self.alpha.double(), self.fitted.double().square().mean()
 
     def sweep(self) -> float:
-        """One Gibbs sweep; returns the train MSE of the new sample."""
+        """One Gibbs sweep; returns the train MSE of the new sample (ordinal: of its expected
+        ratings; the latents are its targets, drawn last, given the sweep's scores)."""
         _, V = self.totals()
         self._side_step(self.P, self.blocks["user"], self.user, V)
         U, _ = self.totals()
@@ -108,7 +123,12 @@ class _Sampler:
         n = len(self.target)
         if self.draws_alpha:
             self.alpha = _gamma(_A0 + n / 2, _B0 + sse / 2, self.g).float()
-        return sse / n
+        if self.probit is None:
+            return sse / n
+        U, V = self.totals()
+        self.fitted = f = self.mu + (U[self.user.own] * V[self.user.other]).sum(1)  # the latents' means
+        self._set_target(self.probit.latents(f, self.alpha) - self.mu)
+        return (self.probit.expected(f, self.alpha) - self.ratings.double()).square().mean()
 
     def _sse(self, b: torch.Tensor, x: torch.Tensor, S: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Σ (r − μ − U_u·V_i)² over the fitted rows from the item step's S, t (no per-row gathers):
@@ -186,31 +206,41 @@ def _gaussian(precision: torch.Tensor, rhs: torch.Tensor, generator) -> torch.Te
 class GibbsEngine:
     """The sampler under the driver (`pipeline.training.driver`): one chain (K = 1), an epoch is a
     sweep. Its valid RMSE is the running posterior mean's (the current sample's during burn-in);
-    its snapshot is the number of kept samples, and its model the posterior mean over them."""
+    its snapshot is the number of kept samples, and its model the posterior mean over them (for
+    ordinal output, the expected rating under it: `ordinal.scorer`)."""
 
     def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
                  generator, folds: dict[str, list[Fold]] | None = None) -> None:
         self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator,
-                                folds, config.noise_precision)
+                                folds, config.noise_precision, config.output == "ordinal")
         self.config, self.valid, self.rating_scale = config, valid, rating_scale
         self.kept: list[tuple] = []
-        self.running = torch.zeros(len(valid), dtype=torch.float64, device=train.ratings.device) if valid else None
+        device = train.ratings.device
+        self.running = torch.zeros(len(valid), dtype=torch.float64, device=device) if valid else None
+        self.fitted_sum = 0.0  # ordinal: Σ over the kept samples of their latents on the fitted rows
         self.live = [0]
 
     def epoch(self, sweep: int) -> list[float]:
         train_mse = float(self.sampler.sweep())  # one CPU-GPU sync point per sweep
-        self.current = (*(t.clone() for t in self.sampler.totals()), self.sampler.feature_tables())
+        self.current = self.sampler.sample()
         self.keeping = sweep > self.config.burn_in
         if self.keeping:
             self.kept.append(self.current)
+            if self.sampler.probit is not None:
+                self.fitted_sum = self.fitted_sum + self.sampler.fitted.double()
         return [train_mse]
 
     def valid_rmse(self) -> list[float]:
-        U, V, _ = self.current
+        U, V = self.current[:2]
         score = self.sampler.mu + (U[self.valid.users] * V[self.valid.items]).sum(1).double()
         if self.keeping:
             self.running += score
             score = self.running / len(self.kept)
+        if self.sampler.probit is not None:
+            samples, fitted = (self.kept, self.fitted_sum / len(self.kept)) if self.keeping else (
+                [self.current], self.sampler.fitted)
+            cutpoints, scale = ordinal.link(*_link_terms(samples), fitted)
+            score = ordinal_mean(score, cutpoints, scale, self.sampler.probit.levels.double())
         return [clamped_error(score, self.valid.ratings.double(), self.rating_scale).square().mean().sqrt().item()]
 
     def can_be_best(self, k: int, sweep: int) -> bool:
@@ -223,7 +253,11 @@ class GibbsEngine:
         """The posterior mean over the first `snapshot` kept samples (None: all of them; stopped
         during burn-in: the last sample alone)."""
         samples = self.kept[:snapshot] if snapshot else self.kept or [self.current]
-        return export(samples, self.config.factors, self.sampler.mu, self.rating_scale)
+        latent = export(samples, self.config.factors, self.sampler.mu, self.rating_scale)
+        if self.sampler.probit is None:
+            return latent
+        return ordinal.scorer(latent, *_link_terms(samples), (self.sampler.user.own, self.sampler.user.other),
+                              self.sampler.probit.levels)
 
     def drop(self, leaving: list[int]) -> None:
         self.live = [k for k in self.live if k not in leaving]
@@ -235,7 +269,8 @@ def export(samples: list[tuple], factors: int, mu: float, rating_scale) -> Matri
     [p_1..p_S]/√S · [q_1..q_S]/√S (the samples' factor columns concatenated, then reduced
     exactly to at most min(users, items) columns: the product has no higher rank). A sample is
     (U, V) or (U, V, feature tables per side): each feature table is concatenated and averaged
-    like its side's rows, and reduced with them, so a new entity's row is exact too."""
+    like its side's rows, and reduced with them, so a new entity's row is exact too. (An ordinal
+    sample's other terms are read by `_link_terms`.)"""
     scale = len(samples) ** -0.5
     features = samples[0][2] if len(samples[0]) > 2 else {}
     # Per side: (S, rows, K + 2) stacks, the table's rows first, then each feature group's.
@@ -260,16 +295,28 @@ def export(samples: list[tuple], factors: int, mu: float, rating_scale) -> Matri
 
 
 @torch.no_grad()
-def average(models: list[MatrixFactorization]) -> MatrixFactorization:
+def average(models: list[MatrixFactorization], fitted: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> MatrixFactorization:
     """The mean of the models' unclamped scores as one model, their side tables' too (models of the
     same rows, global mean and feature groups, e.g. chains' posterior means): `export` over the
-    models as samples, each widened to the widest (zero columns change no product)."""
+    models as samples, each widened to the widest (zero columns change no product). Ordinal
+    models (chains of as many samples each) pool into one posterior: their latents averaged so,
+    their link's terms too, over `fitted`, the (users, items) rows they were fitted on."""
     width = max(m.factors for m in models)
     grow = lambda t, m: widen(t.detach(), m.factors, width + 2)  # noqa: E731
     samples = [(grow(m.users, m), grow(m.items, m), {side: [grow(t, m) for t in tables]
                                                     for side, tables in m.side_tables.items()}) for m in models]
     first = models[0]
-    return export(samples, width, first.global_mean.item(), tuple(first.rating_scale.tolist()))
+    latent = export(samples, width, first.global_mean.item(), tuple(first.rating_scale.tolist()))
+    if not isinstance(first, OrdinalMF):
+        return latent
+    noise, squares = (torch.tensor([m.pooled[at] for m in models], dtype=torch.float64) for at in (0, 1))
+    return ordinal.scorer(latent, torch.stack([m.cutpoints for m in models]), noise, squares, fitted, first.levels)
+
+
+def _link_terms(samples: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ordinal samples' cutpoints (S, K − 1), noise variances (S,) and mean squared latents (S,)."""
+    return tuple(torch.stack([sample[at] for sample in samples]) for at in (3, 4, 5))
 
 
 def _reduce(P: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
