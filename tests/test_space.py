@@ -20,7 +20,7 @@ def _write(tmp_path, content, name="space.yaml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["mf", "mf-cuda", "sgd", "quick", "scale", "wide"])
+@pytest.mark.parametrize("name", ["mf", "mf-cuda", "sgd", "quick", "scale", "wide", "bayes"])
 def test_the_shipped_spaces_load(name):
     space = load_space(SEARCH_SPACES / f"{name}.yaml")
     assert space.name == name and space.trials >= 1
