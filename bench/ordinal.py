@@ -1,6 +1,6 @@
 """Ordinal output against regression at the default search's champions: test RMSE, time, size.
 
-    python bench/ordinal.py [--split-seeds 0 1 2] [--precisions 0.8 1.0 1.3]
+    python bench/ordinal.py [--split-seeds 0 1 2] [--precisions 1.0 1.3 1.7]
 
 Per split seed, the champion's settings of `bench/search_default.py`'s record
 (bench/results/search_default-mf-split<S>.json: rank, burn-in, side features, noise precision,
@@ -75,7 +75,7 @@ def one_seed(seed: int, precisions: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--split-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--precisions", type=float, nargs="+", default=[0.8, 1.0, 1.3])
+    p.add_argument("--precisions", type=float, nargs="+", default=[1.0, 1.3, 1.7])
     args = p.parse_args()
     rows = {seed: one_seed(seed, args.precisions) for seed in args.split_seeds}
     mean = {name: sum(r[name]["test_rmse"] for r in rows.values()) / len(rows) for name in ("regression", "ordinal")}
