@@ -263,8 +263,8 @@ def test_a_first_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
 
 def test_a_trial_logs_only_the_settings_its_family_trains_with():
     bayes = TrainConfig(family="bayes", factors=12, epochs=30, burn_in=5, implicit="both").used()
-    assert set(bayes) == {"family", "implicit", "features", "burn_in", "factors", "epochs", "init_std"}
+    assert set(bayes) == {"family", "implicit", "features", "burn_in", "output", "factors", "epochs", "init_std"}
     adam = TrainConfig(l2=0.05).used()
-    assert "burn_in" not in adam and "momentum" not in adam and "patience" not in adam
+    assert "burn_in" not in adam and "momentum" not in adam and "patience" not in adam and "output" not in adam
     assert adam["optimizer"] == "adam" and adam["l2_bias"] == 0.05  # resolved: None means "as l2"
     assert TrainConfig(optimizer="sgd", lr=0.1).used()["momentum"] == 0.9
