@@ -115,9 +115,10 @@ def test_the_scorer_is_the_trainers_own_prediction_for_every_block(featured, imp
     assert bool(model.side_tables) == (features != "none")
     with torch.no_grad():
         np.testing.assert_allclose(model(valid.users, valid.items), own, atol=1e-4)
-        pairs = torch.stack([torch.from_numpy(data.user_ids)[valid.users], torch.from_numpy(data.item_ids)[valid.items]], 1)
+        user_ids, item_ids = torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids)
+        pairs = torch.stack([user_ids[valid.users], item_ids[valid.items]], 1)
         none = torch.zeros(0, 3, dtype=torch.int64)
-        served = FeatureScorer(model, torch.from_numpy(data.user_ids), torch.from_numpy(data.item_ids))(pairs, none, none)
+        served = FeatureScorer(model, user_ids, item_ids)(pairs, none, none)
     np.testing.assert_allclose(served, own, atol=1e-4)
     assert evaluate(model, valid).rmse == pytest.approx(rmse, abs=1e-4)
 

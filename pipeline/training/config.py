@@ -197,7 +197,8 @@ def _bayes_bytes(c: TrainConfig, s: _Shape) -> int:
     samples, d = c.epochs - c.burn_in, c.factors + 1
     blocks = sum(block for _, block in _blocks(c.implicit, s))
     held = s.tables * (samples + 2) + 3 * blocks + (2 * 52 + 25 + 20 * ordinal) * s.rows + 8 * s.valid
-    sweep = max(16 * max(s.users, s.items) * d * d, (12 * s.width + 16 + 64 * ordinal) * s.rows, 12 * s.width * s.valid)
+    sweep = max(16 * max(s.users, s.items) * d * d, (12 * s.width + 16 + 64 * ordinal) * s.rows,
+                12 * s.width * s.valid)
     return held + max(sweep + 3 * s.tables, _export_bytes(c.factors, samples, s) + ordinal * s.tables)
 
 

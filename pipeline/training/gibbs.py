@@ -31,12 +31,12 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluate import clamped_error
-from pipeline.model import ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, OrdinalMF, ordinal_mean, widen
+from pipeline.model import (ITEM_BIAS, ITEM_ONE, SIDES, USER_BIAS, USER_ONE, MatrixFactorization, OrdinalMF,
+                            ordinal_mean, widen)
 from pipeline.split import Interactions
+from pipeline.training import ordinal
 from pipeline.training.block_draw import FoldBasis, draw_block, symmetric_matvec
 from pipeline.training.blocks import Fold, Side
-from pipeline.training import ordinal
-from pipeline.training.ordinal import OrderedProbit
 
 __all__ = ["GibbsEngine", "average", "export"]
 
@@ -52,11 +52,12 @@ class _Sampler:
 
     def __init__(self, train: Interactions, n_users: int, n_items: int, factors: int, implicit: str,
                  init_std: float, generator: torch.Generator, folds: dict[str, list[Fold]] | None = None,
-                 noise_precision: float | None = None, ordinal: bool = False) -> None:
+                 noise_precision: float | None = None, output: str = "regression") -> None:
         device, width = train.ratings.device, factors + 2
         known = (train.users < n_users) & (train.items < n_items)  # cold rows have no identity to learn
         users, items, self.ratings = train.users[known], train.items[known], train.ratings[known]
-        self.probit = OrderedProbit(self.ratings, generator) if ordinal else None  # its targets: latents
+        # ordinal output: the regression's targets are the probit's latents, drawn every sweep
+        self.probit = ordinal.OrderedProbit(self.ratings, generator) if output == "ordinal" else None
         self.mu = self.ratings.double().mean().item()
         self.g = generator
         self.user = Side(users, items, n_users + 1, n_items + 1, width + USER_ONE, width)
@@ -110,7 +111,8 @@ class _Sampler:
                   for fold, table, _, sizes in self.blocks[side] if not isinstance(fold, Side)}
         if self.probit is None:
             return U, V, tables
-        return U, V, tables, self.probit.cutpoints.clone(), 1 / self.alpha.double(), self.fitted.double().square().mean()
+        squares = self.fitted.double().square().mean()
+        return U, V, tables, self.probit.cutpoints.clone(), 1 / self.alpha.double(), squares
 
     def sweep(self) -> float:
         """One Gibbs sweep; returns the train MSE of the new sample (ordinal: of its expected
@@ -212,7 +214,7 @@ class GibbsEngine:
     def __init__(self, train: Interactions, config, *, n_users: int, n_items: int, rating_scale, valid,
                  generator, folds: dict[str, list[Fold]] | None = None) -> None:
         self.sampler = _Sampler(train, n_users, n_items, config.factors, config.implicit, config.init_std, generator,
-                                folds, config.noise_precision, config.output == "ordinal")
+                                folds, config.noise_precision, config.output)
         self.config, self.valid, self.rating_scale = config, valid, rating_scale
         self.kept: list[tuple] = []
         device = train.ratings.device

@@ -6,8 +6,9 @@ latent z = f + ε, ε ~ N(0, 1/α), f = μ + U_u·V_i the model's score, that fe
 cutpoints c_{k−1} < z ≤ c_k (c_{−1} = −∞, c_{K−1} = +∞). Given z the model is the Gaussian
 regression that `gibbs._Sampler` draws, α its noise precision (held or drawn alike). The outer
 cutpoints are held at the midpoints of the outer levels (1.5 and 4.5 for 1-5 stars): they pin
-the latent's scale to the ratings', so α means what it means for regression (free, f and the
-cutpoints would stretch together as the fit improves, as a drawn α rises: docs/benchmarks.md).
+the latent's scale to the ratings', so α means what it means for regression. (Free, with unit
+noise, f and the cutpoints stretch together as the fit improves, as a drawn α rises: ml-100k
+split 1, rank 22, the top cutpoint 0.81 -> 1.18 over 60 sweeps, test RMSE 0.886 against 0.880.)
 The inner ones start at their midpoints too and are sampled. Per sweep, given f and α:
 - the inner cutpoints, by Metropolis steps on their likelihood with z integrated out (Cowles
   1996: drawn given z, a cutpoint could only move within the gap between its two levels' nearest
