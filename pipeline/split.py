@@ -1,7 +1,7 @@
 """Ratings -> Split: train / valid / test rows and the id maps, built from train only.
 
 Pure and deterministic by seed. Valid/test rows whose user or item never occurs in train are
-"cold": kept and scored by the fallback (global mean + the known bias), or dropped with
+"cold": kept and scored by the fallback row (the average known user or item), or dropped with
 `cold="drop"`; either way they are counted.
 """
 

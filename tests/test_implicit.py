@@ -52,8 +52,9 @@ def test_one_step_equals_autograd_on_the_folded_tables(tiny, optimizer):
                          epochs=1, batch_size=len(rows), init_std=0.3)
     model = fit(rows, config, seed=5, device="cpu", **tiny.dims).model  # no valid data: the last step's tables
     U, V = _autograd_step(rows, config, tiny.n_users, tiny.n_items, seed=5, sparse=optimizer == "sparse_sgd")
-    torch.testing.assert_close(model.users, U, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.items, V, atol=1e-5, rtol=1e-4)
+    # the known rows (a fitted model's fallback row is their mean: test_trainer)
+    torch.testing.assert_close(model.users[:-1], U[:-1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.items[:-1], V[:-1], atol=1e-5, rtol=1e-4)
 
 
 def test_implicit_fits_are_deterministic_and_differ_from_plain(small_split):

@@ -161,6 +161,22 @@ def test_a_new_users_row_is_the_fallback_plus_the_trainers_feature_fold(models):
     assert all((t[:, ITEM_ONE] == 0).all() for t in model.side_tables["item"])
 
 
+@pytest.mark.parametrize("name", ["both", "bayes", "ordinal"])
+def test_a_new_id_is_the_average_known_one_plus_how_its_values_differ(models, name):
+    """Each side's fallback row is the mean of its known rows, and its feature tables are centred:
+    the rows `feature_rows` builds from every known entity's own values average to the fallback
+    row, so a new id's values move it away from the average, and no values leave it there."""
+    model, data, users, items, *_ = models[name]
+    for side, table, ids, texts in (("user", model.users, data.user_ids, users),
+                                    ("item", model.items, data.item_ids, items)):
+        encoder = getattr(data.ratings, f"{side}_features")
+        torch.testing.assert_close(table[-1].detach(), table[:-1].detach().mean(0), atol=1e-5, rtol=0)
+        values = [encoder.encode_row({g: texts[g][_index(x)] for g in texts}) for x in ids]
+        rows = model.feature_rows(side, values)
+        torch.testing.assert_close(rows.mean(0), table[-1].detach(), atol=1e-5, rtol=0)
+        assert (rows - table[-1]).abs().amax() > 0.01  # the values do move each entity's row
+
+
 @pytest.mark.parametrize("name", ["both", "user"])
 def test_over_http_new_ids_score_from_features_and_known_ids_ignore_them(models, name):
     model, data, users, items, _, server = models[name]

@@ -92,8 +92,9 @@ def test_a_stack_of_dense_optimizers_equals_torch_optim_one_by_one(data, optimiz
     for config, seed, result in zip(configs, SEEDS, stacked):
         _assert_same_fit(result, fit(data.part("train"), config, seed=seed, **data.dims))
         reference = _torch_optim_fit(data.part("train"), config, seed, data.dims)
-        torch.testing.assert_close(result.model.users, reference.users, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(result.model.items, reference.items, atol=1e-4, rtol=1e-4)
+        # the known rows (a fitted model's fallback row is their mean: test_trainer)
+        torch.testing.assert_close(result.model.users[:-1], reference.users[:-1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(result.model.items[:-1], reference.items[:-1], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("optimizer", ["sparse_sgd", "adam"])

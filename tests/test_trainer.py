@@ -92,13 +92,22 @@ def test_the_device_rule():
             resolve_device("cuda")
 
 
-def test_unknown_ids_fall_back_to_mean_plus_known_bias(small_split):
-    model = _fit(small_split, TrainConfig(factors=4, epochs=2)).model
-    unknown_user, unknown_item = torch.tensor([small_split.n_users]), torch.tensor([small_split.n_items])
-    item = torch.tensor([3])
-    expected = model.global_mean + model.item_bias[3]
-    assert model(unknown_user, item).item() == pytest.approx(expected.item(), abs=1e-6)
-    assert model(unknown_user, unknown_item).item() == pytest.approx(model.global_mean.item())
+@pytest.mark.parametrize("config", [TrainConfig(factors=4, epochs=2),
+                                    TrainConfig(family="bayes", implicit="both", factors=4, epochs=6, burn_in=2)],
+                         ids=["mf", "bayes-implicit"])
+def test_an_unknown_id_scores_as_the_average_known_one(small_split, config):
+    """The fallback rows: an unknown user's unclamped score for an item is the mean of the known
+    users' scores for it, an unknown item's for a user the mean of the known items', and both
+    unknown the mean over every known pair (the zero row scored μ + b_i instead)."""
+    model = _fit(small_split, config).model
+    n_users, n_items = small_split.n_users, small_split.n_items
+    users, items = torch.arange(n_users + 1), torch.arange(n_items + 1)
+    with torch.no_grad():
+        grid = model(users.repeat_interleave(n_items + 1), items.repeat(n_users + 1)).view(n_users + 1, -1).double()
+    known = grid[:-1, :-1]
+    torch.testing.assert_close(grid[-1, :-1], known.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(grid[:-1, -1], known.mean(1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(grid[-1, -1], known.mean(), atol=1e-4, rtol=0)
 
 
 def test_predictions_are_clamped_to_the_rating_scale(small_split):

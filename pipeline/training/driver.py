@@ -95,11 +95,13 @@ class _Best:
 
 
 def drive(engine: Engine, configs: Sequence[TrainConfig], callbacks: Sequence[EpochCallback | None],
-          has_valid: bool, rows: int, on_end: EndCallback | None = None) -> list[FitResult | Exception]:
+          has_valid: bool, rows: int, on_end: EndCallback | None = None,
+          finalize: Callable[[MatrixFactorization], None] | None = None) -> list[FitResult | Exception]:
     """Train every model of `engine` to its end; returns, in order, each one's FitResult (best
     epoch restored) or the exception that ended it (TrainingDiverged, or what its callback
     raised, e.g. optuna.TrialPruned). rows: training rows per epoch. on_end(k, outcome): called
-    as soon as model k ends, so that what ended is kept if Ctrl-C stops the others later."""
+    as soon as model k ends, so that what ended is kept if Ctrl-C stops the others later.
+    finalize(model): applied to each final model before anyone sees it (its fallback rows)."""
     results = [FitResult() for _ in configs]
     bests = [_Best() for _ in configs]
     outcomes: list[FitResult | Exception | None] = [None] * len(configs)
@@ -124,7 +126,7 @@ def drive(engine: Engine, configs: Sequence[TrainConfig], callbacks: Sequence[Ep
         finally:  # Ctrl-C in a later model's callback: the models that ended before it still end
             for k in leaving:
                 if outcomes[k] is None:
-                    outcomes[k] = _close(engine, k, results[k], bests[k], rows)
+                    outcomes[k] = _close(engine, k, results[k], bests[k], rows, finalize)
             engine.drop(leaving)
             for k in leaving:
                 if on_end is not None:
@@ -148,9 +150,12 @@ def _end_epoch(engine: Engine, k: int, config: TrainConfig, epoch: int, train_ms
     return epoch >= config.epochs
 
 
-def _close(engine: Engine, k: int, result: FitResult, best: _Best, rows: int) -> FitResult:
-    """The best epoch's model (without valid data: the last epoch's) and the throughput."""
+def _close(engine: Engine, k: int, result: FitResult, best: _Best, rows: int,
+           finalize: Callable[[MatrixFactorization], None] | None) -> FitResult:
+    """The best epoch's model (without valid data: the last epoch's), finalized, and the throughput."""
     result.model = engine.model(k, best.snapshot)
+    if finalize is not None:
+        finalize(result.model)
     if best.snapshot is None:
         result.best_epoch, result.best_valid_rmse = len(result.history), math.nan
     else:

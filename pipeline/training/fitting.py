@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from pipeline.device import cpu_threads, resolve_device
@@ -68,8 +69,11 @@ def _fit_all(train: Interactions, configs: list[TrainConfig], seeds: list[int], 
     folds = _feature_folds(configs[0].features, features or {}, device)
     engine = _engine(train, configs, seeds, dims, valid, device, compiled, folds)
     bayes = configs[0].family == "bayes"
+    weights = {side: [torch.from_numpy(np.bincount(b.col, b.values, b.shape[1])) for b in blocks]
+               for side, blocks in (features or {}).items()}  # each value's fold weight summed over the entities
     with cpu_threads(device, None if bayes else threads):
-        return drive(engine, configs, callbacks or [None] * len(configs), valid is not None, len(train), on_end)
+        return drive(engine, configs, callbacks or [None] * len(configs), valid is not None, len(train), on_end,
+                     finalize=lambda model: model.average_fallbacks(weights))
 
 
 def _feature_folds(mode: str, features: dict, device) -> dict[str, list]:
