@@ -5,11 +5,12 @@ r̂(u, i) = μ + b_u + b_i + p_u·q_i, stored so that it is ONE dot product: the
 example instead of four gathers: the trainer's hot loop is twice as fast on a CPU for it.
 Each table has one extra last row, the fallback for ids unseen in training. A fitted model's is
 the mean of its side's known rows (`average_fallbacks`), so an unknown user scores as the average
-known user would (μ + mean_u U_u·V_i, exactly the mean of the known users' unclamped scores), an
-unknown item likewise. (The zero row, μ + b_i, is a poor guess once implicit blocks are folded in:
-the item biases are then fitted against users whose rows carry their rated items' sums; on
-ml-100k's held-out users a bayes champion's zero row scored 1.082 RMSE, the average row 1.023,
-the item-bias baseline 1.025: bench/new_users.py.) A fresh model's is [0…, 0, 1] and [0…, 1, 0].
+known user would (μ + mean_u U_u·V_i, exactly the mean of the known users' unclamped scores; an
+ordinal model's, of their latent scores), an unknown item likewise. (The zero row, μ + b_i, is a
+poor guess once implicit blocks are folded in: the item biases are then fitted against users
+whose rows carry their rated items' sums; on ml-100k's held-out users a bayes champion's zero row
+scored 1.082 RMSE, the average row 1.023, the item-bias baseline 1.025, split seeds 0-2:
+bench/new_users.py.) A fresh model's is [0…, 0, 1] and [0…, 1, 0].
 
 This module owns that layout: the two trailing columns are named below by their negative index
 (so a row widened with zero factors, as a stack does, keeps them); every other module names them.
@@ -113,15 +114,17 @@ class MatrixFactorization(nn.Module):
 
     @torch.no_grad()
     def average_fallbacks(self, value_weights: Mapping[str, Sequence[torch.Tensor]]) -> None:
-        """Each side's fallback row := the mean of its known rows (all rows but the last), and each
-        feature table W_g (a side's g-th) shifted by c = w·W_g / Σw, which makes its sum over every
-        known entity's values zero: value_weights[side][g] (n_values_g,) the known entities' fold
-        weights summed per value (the group's block's column sums). Known rows do not change."""
+        """Each side's fallback row := the mean of its known rows (all rows but the last), and the
+        rows of each feature table W_g (a side's g-th) that known entities have shifted by
+        c = w·W_g / Σw, which makes the group's sum over every known entity's values zero:
+        value_weights[side][g] (n_values_g,) the known entities' fold weights summed per value (the
+        group's block's column sums). A value no known entity has keeps its row (0 from every engine:
+        like no value, the average). Known rows do not change."""
         for side, table in (("user", self.users), ("item", self.items)):
             for w, t in zip(value_weights.get(side, []), self.side_tables.get(side, [])):
                 w = w.to(t)
                 if w.sum() > 0:
-                    t -= (w @ t) / w.sum()
+                    t[w > 0] -= (w @ t) / w.sum()
             table[-1] = table[:-1].mean(0)
         self.restore_constants()
 

@@ -26,6 +26,23 @@ def test_the_score_is_mean_plus_biases_plus_dot():
     torch.testing.assert_close(model(u, i), expected)
 
 
+def test_average_fallbacks_makes_the_fallback_the_mean_row_and_centres_the_values_entities_have():
+    model = _model()
+    known_users, known_items = model.users[:-1].detach().clone(), model.items[:-1].detach().clone()
+    table = torch.tensor([[1.0, 2.0, 0.4, 0.0], [-3.0, 0.5, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    model.side_tables = {"user": [table.clone()]}
+    weights = torch.tensor([2.0, 1.0, 0.0])  # value 0: two users' (weight 1 each), 1: one's, 2: no known user's
+    model.average_fallbacks({"user": [weights]})
+    torch.testing.assert_close(model.users[:-1].detach(), known_users)  # known rows never move
+    torch.testing.assert_close(model.items[:-1].detach(), known_items)
+    torch.testing.assert_close(model.users[-1].detach(), known_users.mean(0))
+    torch.testing.assert_close(model.items[-1].detach(), known_items.mean(0))
+    centred = model.side_tables["user"][0]
+    torch.testing.assert_close(weights @ centred, torch.zeros(4))  # the known users' values sum to zero
+    torch.testing.assert_close(centred[0] - centred[1], table[0] - table[1])  # differences kept
+    assert torch.equal(centred[2], table[2]) and (centred[:, -1] == 0).all()  # unseen value, constant column
+
+
 def test_raw_ids_map_through_the_sorted_buffer_and_unknowns_fall_back():
     model = _model()
     scorer = RawIdScorer(model, torch.tensor([10, 20, 30]), torch.tensor([7, 99]))

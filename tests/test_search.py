@@ -155,7 +155,9 @@ def test_registered_champion_loads_by_name_without_pickle_from_elsewhere(done, t
     assert version.description.startswith(
         f"test RMSE {m['test_rmse']:.4f}, MAE {m['test_mae']:.4f}, NDCG@10 {m['ndcg_at_10']:.4f}, "
         f"Recall@10 {m['recall_at_10']:.4f}, MAP@10 {m['map_at_10']:.4f} on split ")
-    pairs = _pairs(done)
+    data = split(ingest.load(done.data), seed=0)  # quick.yaml's split
+    # the four pairs, then an unknown user with every known item
+    pairs = np.concatenate([_pairs(done), [[10**6, item] for item in data.item_ids]]).astype(np.int64)
     script = f"""
 import json, mlflow, torch, pandas as pd, numpy as np
 pairs = np.array({pairs.tolist()}, dtype=np.int64)
@@ -172,11 +174,12 @@ print(json.dumps([a, b]))
     torch_pred, pyfunc_pred = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(torch_pred, pyfunc_pred, rtol=1e-6)
     assert all(1.0 <= x <= 5.0 for x in torch_pred)
-    # unknown user and item: the global mean of the refit's rows (train + valid), exactly
-    data = split(ingest.load(done.data), seed=0)  # quick.yaml's split
-    fitted = data.ratings.frame.rating.to_numpy()[np.concatenate([data.train_rows, data.valid_rows])]
-    assert torch_pred[3] == pytest.approx(fitted.astype(np.float64).mean(), abs=1e-5)
-    assert abs(torch_pred[2] - torch_pred[3]) > 1e-4  # unknown user, known item: the item's bias counts
+    # unknown user and item: the average known user's mean score over the known items (the
+    # fallback rows are the means of the known rows), unclamped there, so the model's mean
+    average_user = np.array(torch_pred[4:])
+    assert ((1.0 < average_user) & (average_user < 5.0)).all()
+    assert torch_pred[3] == pytest.approx(average_user.astype(np.float64).mean(), abs=1e-4)
+    assert abs(torch_pred[2] - torch_pred[3]) > 1e-4  # unknown user, known item: the item counts
 
 
 def test_the_model_takes_named_columns_and_refuses_what_it_cannot_score(done):
