@@ -8,10 +8,10 @@ stands for its plain text (7 -> "7") unless the model has ids such as "007" that
 Output: float32 (N,) predicted ratings, clamped to the rating scale. Ids go through the exported
 scorer (`scorer/model.pt2`); a string column's ids are first replaced by their position in
 `vocabulary.json` ({column: ids}, string columns only). An id of the column's kind unseen in
-training scores as the fallback row (the mean of its side's known rows: as the average known id). A missing
-column, or a value that cannot be an id of its column (20.5, inf, 1e30, 2**64 - 20, true, "abc"
-in an integer column; true or null in any), is an error naming the column, the row, the value and
-what was expected (HTTP 400 from `mlflow models serve`), never a silent score.
+training scores as the fallback row (the mean of its side's known rows: as the average known
+id). A missing column, or a value that cannot be an id of its column (20.5, inf, 1e30, 2**64 - 20,
+true, "abc" in an integer column; true or null in any), is an error naming the column, the row,
+the value and what was expected (HTTP 400 from `mlflow models serve`), never a silent score.
 
 Side features (a model trained with them: `features/` in its artifacts): optional columns
 `user.<group>` and `item.<group>` (e.g. `user.age`, `user.zip`, `item.genre`), one value per row as
